@@ -1,0 +1,65 @@
+"""The one reader of ``KVSTATE_*`` settings.
+
+Properties read ``django.conf.settings`` on every access, so ``override_settings`` just works.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings as django_settings
+
+#: The database alias that holds ``StudentModuleHistory`` when it is configured.
+HISTORY_ALIAS = "student_module_history"
+
+#: Open edX keeps history for capa problems only.
+DEFAULT_HISTORY_BLOCK_TYPES: frozenset[str] = frozenset({"problem"})
+
+DEFAULT_MAX_VALUE_BYTES = 2 * 1024 * 1024
+
+
+class _Settings:
+    """Typed, live view of the ``KVSTATE_*`` settings."""
+
+    @property
+    def HISTORY_BLOCK_TYPES(self) -> frozenset[str] | None:  # noqa: N802
+        """Block types whose user_state writes leave history rows; ``None`` means every type.
+
+        ``KVSTATE_HISTORY_BLOCK_TYPES``: an iterable of block types, ``"__all__"`` for every type,
+        or an empty iterable for none. Default: ``{"problem"}``, as Open edX.
+        """
+        value = getattr(django_settings, "KVSTATE_HISTORY_BLOCK_TYPES", DEFAULT_HISTORY_BLOCK_TYPES)
+        if value == "__all__":
+            return None
+        return frozenset(value)
+
+    @property
+    def MAX_VALUE_BYTES(self) -> int | None:  # noqa: N802
+        """Largest serialised user_state (one block) or per-field value; ``None`` disables it.
+
+        ``KVSTATE_MAX_VALUE_BYTES``, default 2 MiB.
+        """
+        value: int | None = getattr(
+            django_settings, "KVSTATE_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES
+        )
+        return value
+
+    @property
+    def history_alias_configured(self) -> bool:
+        """Whether ``DATABASES`` has the dedicated history alias."""
+        return HISTORY_ALIAS in django_settings.DATABASES
+
+    @property
+    def history_router_installed(self) -> bool:
+        """Whether ``DATABASE_ROUTERS`` includes :class:`~kvstate.routers.StudentModuleHistoryRouter`."""
+        from kvstate.routers import StudentModuleHistoryRouter
+
+        for router in getattr(django_settings, "DATABASE_ROUTERS", []):
+            if router == "kvstate.routers.StudentModuleHistoryRouter":
+                return True
+            if isinstance(router, type) and issubclass(router, StudentModuleHistoryRouter):
+                return True
+            if isinstance(router, StudentModuleHistoryRouter):
+                return True
+        return False
+
+
+settings = _Settings()

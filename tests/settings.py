@@ -1,0 +1,69 @@
+"""Settings for kvstate's tests and demo: two aliases on the database chosen by KVSTATE_TEST_DB.
+
+KVSTATE_TEST_DB = sqlite (default, no server) | postgres | mariadb.
+Server coordinates come from KVSTATE_PG_* / KVSTATE_MYSQL_* (defaults: this machine's servers).
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+SECRET_KEY = "kvstate-tests-only"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "kvstate",
+]
+DATABASE_ROUTERS = ["kvstate.routers.StudentModuleHistoryRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+_backend = os.environ.get("KVSTATE_TEST_DB", "sqlite")
+
+
+def _database(name: str) -> dict:
+    if _backend == "sqlite":
+        # Files, not memory: threads in the concurrency tests need a shared database.
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(BASE_DIR / f"kvstate_{name}.sqlite3"),
+            "TEST": {"NAME": str(BASE_DIR / f"test_kvstate_{name}.sqlite3")},
+            "OPTIONS": {"timeout": 20},
+        }
+    if _backend == "postgres":
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": f"kvstate_{name}",
+            "USER": os.environ.get("KVSTATE_PG_USER", "postgres"),
+            "PASSWORD": os.environ.get("KVSTATE_PG_PASSWORD", ""),
+            "HOST": os.environ.get("KVSTATE_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("KVSTATE_PG_PORT", "5432"),
+        }
+    if _backend == "mariadb":
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": f"kvstate_{name}",
+            "USER": os.environ.get("KVSTATE_MYSQL_USER", "root"),
+            "PASSWORD": os.environ.get("KVSTATE_MYSQL_PASSWORD", ""),
+            "HOST": os.environ.get("KVSTATE_MYSQL_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("KVSTATE_MYSQL_PORT", "3306"),
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_general_ci"},
+        }
+    raise ValueError(f"KVSTATE_TEST_DB={_backend!r}: use sqlite, postgres or mariadb")
+
+
+DATABASES = {
+    "default": _database("default"),
+    "student_module_history": _database("history"),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"kvstate": {"handlers": ["console"], "level": "WARNING"}},
+}

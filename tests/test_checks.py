@@ -1,0 +1,121 @@
+"""Each kvstate system check fires in its situation and only there."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import StringIO
+
+from django.conf import settings
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.test import SimpleTestCase, override_settings
+
+from kvstate.conf import HISTORY_ALIAS
+from kvstate.routers import StudentModuleHistoryRouter
+
+ROUTER = "kvstate.routers.StudentModuleHistoryRouter"
+OTHER_ROUTER = "tests.test_checks.OtherRouter"
+
+
+class OtherRouter:
+    """A router with no opinion on anything, standing in for a project's own routers."""
+
+
+def kvstate_check_ids() -> list[str]:
+    """Return the ids of kvstate's messages from a full check run, in order."""
+    return [m.id for m in run_checks() if m.id and m.id.startswith("kvstate.")]
+
+
+@contextmanager
+def without_history_alias() -> Iterator[None]:
+    """Act as if ``DATABASES`` had no history alias.
+
+    Django warns that overriding DATABASES "can lead to unexpected behavior": open connections
+    keep their settings. Nothing here connects; the checks and the router only read the setting.
+    """
+    databases = {k: v for k, v in settings.DATABASES.items() if k != HISTORY_ALIAS}
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Overriding setting DATABASES", category=UserWarning
+        )
+        with override_settings(DATABASES=databases):
+            yield
+
+
+class HistoryRoutingChecksTests(SimpleTestCase):
+    def test_shipped_settings_are_clean(self) -> None:
+        assert kvstate_check_ids() == []
+
+    @override_settings(DATABASE_ROUTERS=[])
+    def test_e001_history_alias_without_router(self) -> None:
+        assert kvstate_check_ids() == ["kvstate.E001"]
+
+    @override_settings(DATABASE_ROUTERS=[OTHER_ROUTER])
+    def test_e001_with_only_other_routers(self) -> None:
+        assert kvstate_check_ids() == ["kvstate.E001"]
+
+    def test_e002_router_without_history_alias(self) -> None:
+        with without_history_alias():
+            assert kvstate_check_ids() == ["kvstate.E002"]
+
+    def test_neither_alias_nor_router_is_clean(self) -> None:
+        # History simply stays on 'default'.
+        with without_history_alias(), override_settings(DATABASE_ROUTERS=[]):
+            assert kvstate_check_ids() == []
+
+    def test_router_given_as_class_or_instance_counts(self) -> None:
+        class SubRouter(StudentModuleHistoryRouter):
+            pass
+
+        for router in (StudentModuleHistoryRouter, SubRouter, StudentModuleHistoryRouter()):
+            with self.subTest(router=router), override_settings(DATABASE_ROUTERS=[router]):
+                assert kvstate_check_ids() == []
+
+    @override_settings(DATABASE_ROUTERS=[OTHER_ROUTER, ROUTER])
+    def test_router_among_others_counts(self) -> None:
+        assert kvstate_check_ids() == []
+
+
+class ValueSettingsChecksTests(SimpleTestCase):
+    def test_e003_bad_history_block_types(self) -> None:
+        # A bare string would be taken as a set of one-letter block types.
+        for value in ("problem", b"problem", 5, ["problem", 1], [None], "all"):
+            with self.subTest(value=value), override_settings(KVSTATE_HISTORY_BLOCK_TYPES=value):
+                assert kvstate_check_ids() == ["kvstate.E003"]
+
+    def test_good_history_block_types(self) -> None:
+        for value in (["problem"], ("problem", "html"), {"problem"}, frozenset(), [], "__all__"):
+            with self.subTest(value=value), override_settings(KVSTATE_HISTORY_BLOCK_TYPES=value):
+                assert kvstate_check_ids() == []
+
+    def test_e004_bad_max_value_bytes(self) -> None:
+        for value in (0, -1, True, False, 1.5, "2MB", [1024]):
+            with self.subTest(value=value), override_settings(KVSTATE_MAX_VALUE_BYTES=value):
+                assert kvstate_check_ids() == ["kvstate.E004"]
+
+    def test_good_max_value_bytes(self) -> None:
+        for value in (None, 1, 2 * 1024 * 1024, 10**12):
+            with self.subTest(value=value), override_settings(KVSTATE_MAX_VALUE_BYTES=value):
+                assert kvstate_check_ids() == []
+
+    @override_settings(
+        DATABASE_ROUTERS=[], KVSTATE_HISTORY_BLOCK_TYPES="problem", KVSTATE_MAX_VALUE_BYTES=0
+    )
+    def test_every_problem_is_reported_at_once(self) -> None:
+        assert sorted(kvstate_check_ids()) == ["kvstate.E001", "kvstate.E003", "kvstate.E004"]
+
+
+class CheckCommandTests(SimpleTestCase):
+    def test_check_command_is_clean_with_the_shipped_settings(self) -> None:
+        out = StringIO()
+        call_command("check", stdout=out)
+        assert "System check identified no issues" in out.getvalue()
+
+    @override_settings(KVSTATE_MAX_VALUE_BYTES=-1)
+    def test_check_command_fails_on_an_error(self) -> None:
+        from django.core.management.base import SystemCheckError
+
+        with self.assertRaisesMessage(SystemCheckError, "kvstate.E004"):
+            call_command("check", stdout=StringIO())

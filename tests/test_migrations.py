@@ -1,0 +1,110 @@
+"""Migrations match the models, apply and unapply on both aliases, and place each table."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from django.core.management import call_command
+from django.db import connections
+from django.db.migrations.recorder import MigrationRecorder
+from django.test import TestCase, TransactionTestCase
+
+from kvstate.conf import HISTORY_ALIAS
+
+HISTORY_TABLE = "coursewarehistoryextended_studentmodulehistoryextended"
+DEFAULT_TABLES = {
+    "courseware_studentmodule",
+    "courseware_xmoduleuserstatesummaryfield",
+    "courseware_xmodulestudentprefsfield",
+    "courseware_xmodulestudentinfofield",
+}
+ALL_TABLES = {*DEFAULT_TABLES, HISTORY_TABLE}
+ALIASES = ("default", HISTORY_ALIAS)
+
+
+def kvstate_tables(alias: str) -> set[str]:
+    """Return which of kvstate's tables exist on ``alias``."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        names = {t.name for t in connection.introspection.get_table_list(cursor)}
+    return names & ALL_TABLES
+
+
+def applied_kvstate_migrations(alias: str) -> set[str]:
+    """Return the names of kvstate's migrations recorded as applied on ``alias``."""
+    recorder = MigrationRecorder(connections[alias])
+    return {name for app, name in recorder.applied_migrations() if app == "kvstate"}
+
+
+class MigrationsMatchModelsTests(TestCase):
+    databases = set(ALIASES)
+
+    def test_makemigrations_has_nothing_to_write(self) -> None:
+        out = StringIO()
+        # --check exits non-zero when a migration is missing; the output names it.
+        try:
+            call_command("makemigrations", "kvstate", "--check", "--dry-run", stdout=out)
+        except SystemExit as exc:
+            raise AssertionError(f"missing migration:\n{out.getvalue()}") from exc
+        assert "No changes detected" in out.getvalue()
+
+
+class TablePlacementTests(TestCase):
+    databases = set(ALIASES)
+
+    def test_history_table_lives_only_on_the_history_alias(self) -> None:
+        assert kvstate_tables(HISTORY_ALIAS) == {HISTORY_TABLE}
+
+    def test_other_tables_live_only_on_default(self) -> None:
+        assert kvstate_tables("default") == DEFAULT_TABLES
+
+    def test_the_history_alias_has_no_auth_tables(self) -> None:
+        # The router keeps every other app off the history database.
+        connection = connections[HISTORY_ALIAS]
+        with connection.cursor() as cursor:
+            names = {t.name for t in connection.introspection.get_table_list(cursor)}
+        assert names == {HISTORY_TABLE, "django_migrations"}
+
+
+class MigrateBackAndForthTests(TransactionTestCase):
+    databases = set(ALIASES)
+
+    def setUp(self) -> None:
+        # Whatever a test leaves behind, the tests after it get a fully migrated database.
+        for alias in ALIASES:
+            self.addCleanup(self._migrate, alias)
+
+    def _migrate(self, alias: str, *target: str) -> None:
+        call_command("migrate", "kvstate", *target, database=alias, verbosity=0)
+
+    def test_unapply_and_reapply_on_each_alias(self) -> None:
+        expected = {"default": DEFAULT_TABLES, HISTORY_ALIAS: {HISTORY_TABLE}}
+        for alias in ALIASES:
+            with self.subTest(alias=alias):
+                assert "0001_initial" in applied_kvstate_migrations(alias)
+
+                self._migrate(alias, "zero")
+                assert kvstate_tables(alias) == set()
+                assert applied_kvstate_migrations(alias) == set()
+
+                self._migrate(alias)
+                assert kvstate_tables(alias) == expected[alias]
+                assert "0001_initial" in applied_kvstate_migrations(alias)
+
+    def test_unapplying_one_alias_leaves_the_other_alone(self) -> None:
+        self._migrate(HISTORY_ALIAS, "zero")
+        assert kvstate_tables("default") == DEFAULT_TABLES
+        assert kvstate_tables(HISTORY_ALIAS) == set()
+        assert "0001_initial" in applied_kvstate_migrations("default")
+
+    def test_migrated_tables_take_rows(self) -> None:
+        from kvstate.models import StudentModuleHistory
+        from kvstate.testing.factories import StudentModuleFactory
+
+        self._migrate("default", "zero")
+        self._migrate("default")
+        module = StudentModuleFactory(state='{"a": 1}')
+        StudentModuleHistory.objects.create(
+            student_module_id=module.pk, created=module.modified, state=module.state
+        )
+        assert StudentModuleHistory.objects.using(HISTORY_ALIAS).get().state == '{"a": 1}'

@@ -1,4 +1,4 @@
-"""Vendor-specific SQL, all of it: exact collations, insert-or-ignore and compare-and-swap.
+"""Vendor-specific SQL, all of it: exact collations, limits, insert-or-ignore, compare-and-swap.
 
 Everything else in kvstate is portable ORM code. Each function picks its SQL by
 ``connection.vendor`` here and nowhere else.
@@ -6,6 +6,7 @@ Everything else in kvstate is portable ORM code. Each function picks its SQL by
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -85,40 +86,74 @@ class UseExactCollation(Operation):
         return "Use an exact (binary, no-pad) collation for name and key columns on MySQL/MariaDB"
 
 
+
+# Limits ------------------------------------------------------------------------------------
+
+#: Bound for backends whose driver interpolates parameters client-side (psycopg's default
+#: client-side binding, MySQLdb): PostgreSQL's wire protocol caps bound parameters at 65,535,
+#: which is what server-side binding would hit.
+_WIRE_PARAM_LIMIT = 65_535
+
+
+def max_query_params(connection: BaseDatabaseWrapper) -> int:
+    """Return how many parameters one statement may carry on this connection.
+
+    SQLite's real limit is a property of the library build (32,766 since 3.32, 250,000 in
+    Debian's), which Django 5.2 under-reports as 999; ask the library itself.
+    """
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        return int(connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return connection.features.max_query_params or _WIRE_PARAM_LIMIT
+
+
+# Writing StudentModule rows ----------------------------------------------------------------
+
+
 def binary_equals(connection: BaseDatabaseWrapper, column: str) -> str:
-    """Return SQL comparing ``column`` with one parameter byte for byte."""
+    """Return SQL comparing ``column`` with one parameter byte for byte.
+
+    The ``state`` column keeps the database's default collation on MySQL/MariaDB (usually
+    case- and accent-insensitive), so compare as bytes there.
+    """
     if connection.vendor == "mysql":
         return f"CAST({column} AS BINARY) = CAST(%s AS BINARY)"
     return f"{column} = %s"
 
 
-def insert_ignoring_conflicts(
+def insert_modules(
     connection: BaseDatabaseWrapper,
     table: str,
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
-) -> int:
-    """Insert ``rows``, skipping any that hit a unique constraint; return how many went in.
+    key_columns: Sequence[str],
+) -> dict[tuple[Any, ...], int] | None:
+    """Insert ``rows``, silently skipping those that hit a unique constraint.
 
-    One statement. Used to create StudentModule rows without racing: a concurrent first write
-    of the same row is not an error, the loser merges into the winner's row instead.
+    One statement. Returns ``{key: id}`` for the rows this statement inserted, keyed by the
+    values of ``key_columns``; ``None`` when the backend cannot say (MySQL 8 has no
+    ``RETURNING``), in which case the caller reads the rows back. A concurrent first write of
+    the same row is therefore not an error: the loser merges into the winner's row.
     """
-    if not rows:
-        return 0
     qn = connection.ops.quote_name
     column_sql = ", ".join(qn(c) for c in columns)
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
     values_sql = ", ".join([row_sql] * len(rows))
     params = [_adapt(connection, value) for row in rows for value in row]
     if connection.vendor == "mysql":
-        # INSERT IGNORE would also turn data errors into warnings; every value is validated
-        # before we get here, and the columns are sized for what validation lets through.
+        # INSERT IGNORE also downgrades data errors to warnings; every value is validated (and
+        # fits its column) before it gets here, so only duplicate keys are ever ignored.
         sql = f"INSERT IGNORE INTO {qn(table)} ({column_sql}) VALUES {values_sql}"
     else:
         sql = f"INSERT INTO {qn(table)} ({column_sql}) VALUES {values_sql} ON CONFLICT DO NOTHING"
+    returning = connection.features.can_return_rows_from_bulk_insert
+    if returning:
+        sql += " RETURNING " + ", ".join(qn(c) for c in ("id", *key_columns))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return max(cursor.rowcount, 0)
+        if not returning:
+            return None
+        return {tuple(found[1:]): found[0] for found in cursor.fetchall()}
 
 
 def compare_and_swap_states(
@@ -127,37 +162,54 @@ def compare_and_swap_states(
     swaps: Sequence[tuple[int, str | None, str]],
     modified: datetime,
 ) -> int:
-    """Set ``state`` of each row whose state still equals what we read, and ``modified``.
+    """Set ``state`` (and ``modified``) of each row whose state still equals what was read.
 
     ``swaps`` holds ``(id, old_state, new_state)``. One statement for any number of rows;
-    returns how many rows matched. A row whose state changed since it was read is left alone,
-    and the caller merges again: no lock is taken and no update is lost.
+    returns how many rows matched. A row whose state changed since it was read is left alone
+    and the caller merges again: no lock is held between read and write, and no update is lost.
     """
-    if not swaps:
-        return 0
     qn = connection.ops.quote_name
     state_col, id_col = qn("state"), qn("id")
-    cases: list[str] = []
     conditions: list[str] = []
-    case_params: list[Any] = []
     where_params: list[Any] = []
-    for row_id, old, new in swaps:
-        cases.append("WHEN %s THEN %s")
-        case_params += [row_id, new]
+    for row_id, old, _new in swaps:
         if old is None:
             conditions.append(f"({id_col} = %s AND {state_col} IS NULL)")
             where_params.append(row_id)
         else:
             conditions.append(f"({id_col} = %s AND {binary_equals(connection, state_col)})")
             where_params += [row_id, old]
+    if len(swaps) == 1:
+        new_sql, new_params = "%s", [swaps[0][2]]
+    else:
+        new_sql = f"CASE {id_col} " + " ".join(["WHEN %s THEN %s"] * len(swaps)) + " END"
+        new_params = [value for row_id, _old, new in swaps for value in (row_id, new)]
     sql = (
-        f"UPDATE {qn(table)} SET {state_col} = CASE {id_col} {' '.join(cases)} END, "
-        f"{qn('modified')} = %s WHERE {' OR '.join(conditions)}"
+        f"UPDATE {qn(table)} SET {state_col} = {new_sql}, {qn('modified')} = %s "
+        f"WHERE {' OR '.join(conditions)}"
     )
-    params = [*case_params, _adapt(connection, modified), *where_params]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
+        cursor.execute(sql, [*new_params, _adapt(connection, modified), *where_params])
+        return int(cursor.rowcount)
+
+
+#: Parameters one swap puts in :func:`compare_and_swap_states`' statement, at most.
+SWAP_PARAMS = 4
+
+
+def is_retryable_conflict(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
+    """Return whether ``exc`` is a deadlock/serialization failure worth retrying whole.
+
+    A lock wait timeout is not: it surfaces to the caller (SPEC §4).
+    """
+    cause = exc.__cause__ or exc
+    if connection.vendor == "postgresql":
+        # deadlock_detected, serialization_failure
+        return getattr(cause, "sqlstate", None) in {"40P01", "40001"}
+    if connection.vendor == "mysql":
+        args = getattr(cause, "args", ())
+        return bool(args) and args[0] == 1213  # ER_LOCK_DEADLOCK
+    return False
 
 
 def _adapt(connection: BaseDatabaseWrapper, value: Any) -> Any:

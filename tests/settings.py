@@ -22,9 +22,12 @@ DATABASE_ROUTERS = ["kvstate.routers.StudentModuleHistoryRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _backend = os.environ.get("KVSTATE_TEST_DB", "sqlite")
+# Lets several runs share one database server (or one checkout) without trampling each other.
+_suffix = os.environ.get("KVSTATE_TEST_DB_SUFFIX", "")
 
 
 def _database(name: str) -> dict:
+    name += _suffix
     if _backend == "sqlite":
         # Files, not memory: threads in the concurrency tests need a shared database.
         return {

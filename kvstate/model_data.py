@@ -1,0 +1,657 @@
+"""``FieldDataCache`` and ``DjangoKeyValueStore``: XBlock user-scope fields over kvstate's tables.
+
+A ``FieldDataCache`` prefetches one learner's state for a set of blocks (one query per scope
+that has fields, no join) and then answers ``get``/``has`` from memory. Writes go straight to
+the database through :mod:`kvstate.storage` and update the cache only once they have landed, so
+the cache always equals what the database holds for this learner.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import Model, Q
+from django.utils import timezone
+from opaque_keys.edx.asides import AsideUsageKeyV1, AsideUsageKeyV2
+from opaque_keys.edx.block_types import BlockTypeKeyV1
+from opaque_keys.edx.keys import LearningContextKey, UsageKey
+from xblock.core import XBlockAside
+from xblock.exceptions import KeyValueMultiSaveError
+from xblock.fields import Field, ScopeBase
+from xblock.plugin import PluginMissingError
+from xblock.runtime import KeyValueStore
+
+from kvstate import sql, storage
+from kvstate.models import (
+    StudentModule,
+    XModuleStudentInfoField,
+    XModuleStudentPrefsField,
+    XModuleUserStateSummaryField,
+)
+from kvstate.storage import ModuleRow, StateChange, Target
+from kvstate.validation import (
+    PREFERENCES,
+    USER_INFO,
+    USER_STATE,
+    USER_STATE_SUMMARY,
+    check_field_name,
+    check_length,
+    check_user,
+    check_usage_key,
+    to_json,
+    user_scope,
+)
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+__all__ = ["DjangoKeyValueStore", "FieldDataCache", "get_score", "set_score"]
+
+log = logging.getLogger(__name__)
+
+Key = KeyValueStore.Key
+
+
+def _fresh(value: Any) -> Any:
+    """Return a copy a caller may mutate without changing the cache."""
+    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+
+
+def _stored(model: type[Model], field_name: str, value: object) -> str:
+    """Return ``value`` as the column ``field_name`` of ``model`` stores it."""
+    return str(model._meta.get_field(field_name).get_prep_value(value))
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A write one scope cache prepared: which field names it saves, how to run and record it."""
+
+    field_names: list[str]
+    run: Callable[[], Any]
+    remember: Callable[[Any], None]
+    #: Whether ``run`` may issue more than one writing statement.
+    several_statements: bool = False
+
+
+class _ScopeCache:
+    """The part of a ``FieldDataCache`` that holds one scope."""
+
+    scope: ClassVar[ScopeBase]
+
+    def __init__(self, cache: FieldDataCache) -> None:
+        self.owner = cache
+
+    @property
+    def persistent(self) -> bool:
+        return self.owner.persistent
+
+    def load(self, fields: Mapping[Any, set[str]]) -> None:
+        """Prefetch the rows of ``fields``: {owner key: names of this scope's fields}."""
+        raise NotImplementedError
+
+    def get(self, key: Key) -> Any:
+        raise NotImplementedError
+
+    def has(self, key: Key) -> bool:
+        raise NotImplementedError
+
+    def last_modified(self, key: Key) -> datetime | None:
+        raise NotImplementedError
+
+    def plan_set(self, items: Mapping[Key, Any]) -> _Write:
+        raise NotImplementedError
+
+    def plan_delete(self, key: Key) -> _Write:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class UserStateCache(_ScopeCache):
+    """``user_state``: one ``StudentModule`` row per block, all fields in one JSON object."""
+
+    scope = USER_STATE
+
+    def __init__(self, cache: FieldDataCache) -> None:
+        super().__init__(cache)
+        self._rows: dict[tuple[str, str], ModuleRow] = {}
+
+    def __len__(self) -> int:
+        return sum(1 for row in self._rows.values() if row.visible)
+
+    def _target(self, key: Key) -> Target:
+        return Target.of(check_usage_key(key.block_scope_id))
+
+    def load(self, fields: Mapping[Any, set[str]]) -> None:
+        targets = [Target.of(usage_key) for usage_key in fields]
+        found = storage.fetch_modules(storage.state_alias(), self.owner.user_id, targets)
+        for target, row in found.items():
+            self._rows[target.stored] = row
+
+    def _state(self, key: Key) -> dict[str, Any]:
+        row = self._rows.get(self._target(key).stored)
+        return row.state if row is not None else {}
+
+    def get(self, key: Key) -> Any:
+        return _fresh(self._state(key)[key.field_name])
+
+    def has(self, key: Key) -> bool:
+        return key.field_name in self._state(key)
+
+    def last_modified(self, key: Key) -> datetime | None:
+        row = self._rows.get(self._target(key).stored)
+        return row.modified if row is not None and row.visible else None
+
+    def plan_set(self, items: Mapping[Key, Any]) -> _Write:
+        sets: dict[Target, dict[str, Any]] = {}
+        for key, value in items.items():
+            to_json(value, key.field_name)  # reject what JSON cannot hold, before any SQL
+            sets.setdefault(self._target(key).check(), {})[key.field_name] = value
+        changes = {target: StateChange(set_fields=values) for target, values in sets.items()}
+        return self._plan(changes, [key.field_name for key in items])
+
+    def plan_delete(self, key: Key) -> _Write:
+        if not self.has(key):
+            raise KeyError(key.field_name)
+        target = self._target(key)
+        return self._plan({target: StateChange(delete_fields=frozenset({key.field_name}))},
+                          [key.field_name])
+
+    def _plan(self, changes: Mapping[Target, StateChange], names: list[str]) -> _Write:
+        known = {t: self._rows[t.stored] for t in changes if t.stored in self._rows}
+        if self.persistent:
+
+            def run() -> dict[Target, ModuleRow]:
+                return storage.write_user_states(self.owner.user_id, changes, known)
+        else:
+            # Checked now, like the database path, so a state over the limit is refused.
+            now = timezone.now()
+            texts = {
+                t: storage.dump_state(c.apply(known[t].state if t in known else {}))
+                for t, c in changes.items()
+            }
+
+            def run() -> dict[Target, ModuleRow]:
+                return {
+                    t: ModuleRow(None, text, None, None, now, now, t.module_type,
+                                 storage.parse_state(text))
+                    for t, text in texts.items()
+                }
+
+        def remember(rows: dict[Target, ModuleRow]) -> None:
+            for target, row in rows.items():
+                self._rows[target.stored] = row
+
+        return _Write(names, run, remember, several_statements=len(changes) > 1)
+
+
+class _FieldCache(_ScopeCache):
+    """A per-field scope: one row per (owner, field name), values as JSON text."""
+
+    model: ClassVar[type[Model]]
+    #: The model field holding the owner (usage, block type), or None (user_info).
+    owner_field: ClassVar[str | None]
+    owner_max_length: ClassVar[int] = 255
+
+    def __init__(self, cache: FieldDataCache) -> None:
+        super().__init__(cache)
+        # (stored owner, field name) -> (value, modified)
+        self._values: dict[tuple[str, str], tuple[Any, datetime]] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    # What differs per scope.
+
+    def owner_of(self, key: Key) -> Any:
+        """Return the owner object (key) ``key`` is stored under."""
+        raise NotImplementedError
+
+    def row_filter(self) -> dict[str, Any]:
+        """Return the filter selecting this learner's rows (empty for shared scopes)."""
+        return {"student_id": self.owner.user_id}
+
+    # Shared machinery.
+
+    def _stored_owner(self, owner: Any) -> str:
+        if self.owner_field is None:
+            return ""
+        return _stored(self.model, self.owner_field, owner)
+
+    def _cache_key(self, key: Key) -> tuple[str, str]:
+        return self._stored_owner(self.owner_of(key)), key.field_name
+
+    def load(self, fields: Mapping[Any, set[str]]) -> None:
+        names = sorted(set().union(*fields.values()))
+        owners = sorted({self._stored_owner(owner) for owner in fields})
+        if not names:
+            return
+        using = router.db_for_read(self.model)
+        reserved = len(names) + 1
+        size = max(sql.max_query_params(connections[using]) - reserved, 1)
+        for chunk in storage.chunked(owners, size):
+            query = self.model._default_manager.using(using).filter(
+                field_name__in=names, **self.row_filter()
+            )
+            if self.owner_field is not None:
+                query = query.filter(**{f"{self.owner_field}__in": list(chunk)})
+            columns = ["field_name", "value", "modified"]
+            if self.owner_field is not None:
+                columns.append(self.owner_field)
+            for name, text, modified, *owner in query.values_list(*columns):
+                stored_owner = self._stored_owner(owner[0]) if owner else ""
+                self._values[stored_owner, name] = (json.loads(text), modified)
+
+    def get(self, key: Key) -> Any:
+        return _fresh(self._values[self._cache_key(key)][0])
+
+    def has(self, key: Key) -> bool:
+        return self._cache_key(key) in self._values
+
+    def last_modified(self, key: Key) -> datetime | None:
+        found = self._values.get(self._cache_key(key))
+        return found[1] if found is not None else None
+
+    def plan_set(self, items: Mapping[Key, Any]) -> _Write:
+        objs: dict[tuple[str, str], Model] = {}
+        values: dict[tuple[str, str], Any] = {}
+        for key, value in items.items():
+            check_field_name(key.field_name, self.model.FIELD_NAME_MAX_LENGTH)  # type: ignore[attr-defined]
+            owner = self.owner_of(key)
+            stored_owner = self._stored_owner(owner)
+            if self.owner_field is not None:
+                check_length(self.owner_field, stored_owner, self.owner_max_length)
+            cache_key = (stored_owner, key.field_name)
+            text = to_json(value, key.field_name)
+            fields = {"field_name": key.field_name, "value": text, **self.row_filter()}
+            if self.owner_field is not None:
+                fields[self.owner_field] = owner
+            objs[cache_key] = self.model(**fields)
+            values[cache_key] = json.loads(text)
+        names = [key.field_name for key in items]
+
+        def run() -> dict[tuple[str, str], datetime]:
+            if self.persistent:
+                storage.upsert_fields(router.db_for_write(self.model), self.model,
+                                      list(objs.values()))
+                return {k: obj.modified for k, obj in objs.items()}  # type: ignore[attr-defined]
+            now = timezone.now()
+            return dict.fromkeys(objs, now)
+
+        def remember(modified: dict[tuple[str, str], datetime]) -> None:
+            for cache_key, when in modified.items():
+                self._values[cache_key] = (values[cache_key], when)
+
+        return _Write(names, run, remember)
+
+    def plan_delete(self, key: Key) -> _Write:
+        cache_key = self._cache_key(key)
+        if cache_key not in self._values:
+            raise KeyError(key.field_name)
+        condition = Q(field_name=key.field_name, **self.row_filter())
+        if self.owner_field is not None:
+            condition &= Q(**{self.owner_field: self.owner_of(key)})
+
+        def run() -> None:
+            if self.persistent:
+                storage.delete_fields(router.db_for_write(self.model), self.model, condition)
+
+        def remember(_: None) -> None:
+            del self._values[cache_key]
+
+        return _Write([key.field_name], run, remember)
+
+
+class UserStateSummaryCache(_FieldCache):
+    """``user_state_summary``: per block, shared by every learner."""
+
+    scope = USER_STATE_SUMMARY
+    model = XModuleUserStateSummaryField
+    owner_field = "usage_id"
+
+    def owner_of(self, key: Key) -> Any:
+        return check_usage_key(key.block_scope_id)
+
+    def row_filter(self) -> dict[str, Any]:
+        return {}
+
+
+class PreferencesCache(_FieldCache):
+    """``preferences``: per learner and block type (family included)."""
+
+    scope = PREFERENCES
+    model = XModuleStudentPrefsField
+    owner_field = "module_type"
+    owner_max_length = XModuleStudentPrefsField.BLOCK_TYPE_MAX_LENGTH
+
+    def owner_of(self, key: Key) -> Any:
+        block_type = key.block_scope_id
+        if not isinstance(block_type, str) or not block_type:
+            raise TypeError(f"preferences key needs a block type string, not {block_type!r}")
+        return BlockTypeKeyV1(key.block_family, block_type)
+
+
+class UserInfoCache(_FieldCache):
+    """``user_info``: per learner, across all blocks."""
+
+    scope = USER_INFO
+    model = XModuleStudentInfoField
+    owner_field = None
+
+    def owner_of(self, key: Key) -> Any:
+        return None
+
+
+_SCOPE_CACHES: tuple[type[_ScopeCache], ...] = (
+    UserStateCache,
+    UserStateSummaryCache,
+    PreferencesCache,
+    UserInfoCache,
+)
+
+
+class FieldDataCache:
+    """One learner's user-scope state for a set of blocks in one learning context.
+
+    Build it over the blocks a request will touch (one query per scope those blocks have fields
+    in), extend it with :meth:`add_blocks_to_cache`, and wrap it in a
+    :class:`DjangoKeyValueStore`. Anonymous users get a cache that never touches the database;
+    ``read_only=True`` turns writes into silent no-ops.
+    """
+
+    def __init__(
+        self,
+        blocks: Iterable[Any],
+        course_id: LearningContextKey,
+        user: AbstractBaseUser | AnonymousUser,
+        asides: Iterable[Any] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        if user is None:
+            raise TypeError("FieldDataCache needs a user; pass AnonymousUser() for visitors")
+        self.course_id = course_id
+        self.user = user
+        self.asides = list(asides or [])
+        self.read_only = read_only
+        self.persistent = bool(user.is_authenticated)
+        self.user_id: Any = user.pk if self.persistent else None
+        self.cache: dict[ScopeBase, _ScopeCache] = {
+            cache_class.scope: cache_class(self) for cache_class in _SCOPE_CACHES
+        }
+        self.add_blocks_to_cache(blocks)
+
+    def __repr__(self) -> str:
+        return f"<FieldDataCache user={self.user_id!r} course={self.course_id} len={len(self)}>"
+
+    def __len__(self) -> int:
+        return sum(len(cache) for cache in self.cache.values())
+
+    # Building
+
+    @classmethod
+    def cache_for_block_descendents(
+        cls,
+        course_id: LearningContextKey,
+        user: AbstractBaseUser | AnonymousUser,
+        block: Any,
+        depth: int | None = None,
+        block_filter: Callable[[Any], bool] = lambda block: True,
+        asides: Iterable[Any] | None = None,
+        read_only: bool = False,
+    ) -> FieldDataCache:
+        """Return a cache over ``block`` and its descendants (see :meth:`add_block_descendents`)."""
+        cache = cls([], course_id, user, asides=asides, read_only=read_only)
+        cache.add_block_descendents(block, depth, block_filter)
+        return cache
+
+    def add_block_descendents(
+        self,
+        block: Any,
+        depth: int | None = None,
+        block_filter: Callable[[Any], bool] = lambda block: True,
+    ) -> None:
+        """Add ``block`` and its descendants down to ``depth`` levels (``None``: all).
+
+        ``block_filter`` leaves a block out of the cache without pruning its children.
+        """
+        self.add_blocks_to_cache(
+            found for found in _descendants(block, depth) if block_filter(found)
+        )
+
+    def add_blocks_to_cache(self, blocks: Iterable[Any]) -> None:
+        """Prefetch the state of ``blocks`` (and their asides): one query per scope with fields."""
+        blocks = list(blocks)
+        if not self.persistent or not blocks:
+            return
+        wanted = self._fields_by_scope(blocks)
+        for scope, fields in wanted.items():
+            if fields:
+                self.cache[scope].load(fields)
+
+    def _fields_by_scope(self, blocks: list[Any]) -> dict[ScopeBase, dict[Any, set[str]]]:
+        """Return {scope: {owner: field names}} for the blocks and their asides."""
+        wanted: dict[ScopeBase, dict[Any, set[str]]] = {scope: {} for scope in self.cache}
+        asides = [(_aside_type(aside), _aside_fields(aside)) for aside in self.asides]
+        for block in blocks:
+            usage_id = block.scope_ids.usage_id
+            block_type_key = BlockTypeKeyV1(block.entry_point, block.scope_ids.block_type)
+            _add_fields(wanted, block.fields.values(), usage_id, block_type_key)
+            for aside_type, aside_fields in asides:
+                aside_type_key = BlockTypeKeyV1(XBlockAside.entry_point, aside_type)
+                for aside_usage in (AsideUsageKeyV1(usage_id, aside_type),
+                                    AsideUsageKeyV2(usage_id, aside_type)):
+                    if aside_fields is None:
+                        # An aside type we cannot load: its user_state needs no field names.
+                        wanted[USER_STATE].setdefault(aside_usage, set())
+                    else:
+                        _add_fields(wanted, aside_fields, aside_usage, aside_type_key)
+        return wanted
+
+    # Older names, kept for code written against Open edX.
+
+    def add_descriptors_to_cache(self, descriptors: Iterable[Any]) -> None:
+        """Alias of :meth:`add_blocks_to_cache`."""
+        self.add_blocks_to_cache(descriptors)
+
+    def add_descriptor_descendents(
+        self,
+        descriptor: Any,
+        depth: int | None = None,
+        descriptor_filter: Callable[[Any], bool] = lambda descriptor: True,
+    ) -> None:
+        """Alias of :meth:`add_block_descendents`."""
+        self.add_block_descendents(descriptor, depth, descriptor_filter)
+
+    @classmethod
+    def cache_for_descriptor_descendents(
+        cls,
+        course_id: LearningContextKey,
+        user: AbstractBaseUser | AnonymousUser,
+        descriptor: Any,
+        depth: int | None = None,
+        descriptor_filter: Callable[[Any], bool] = lambda descriptor: True,
+        asides: Iterable[Any] | None = None,
+        read_only: bool = False,
+    ) -> FieldDataCache:
+        """Alias of :meth:`cache_for_block_descendents`."""
+        return cls.cache_for_block_descendents(
+            course_id, user, descriptor, depth, descriptor_filter, asides, read_only
+        )
+
+    # Reading: from memory only
+
+    def get(self, key: Key) -> Any:
+        """Return the value of ``key``; ``KeyError`` if it has none."""
+        scope_cache, key = self._scope_cache(key)
+        return scope_cache.get(key)
+
+    def has(self, key: Key) -> bool:
+        """Return whether ``key`` has a stored value."""
+        scope_cache, key = self._scope_cache(key)
+        return scope_cache.has(key)
+
+    def last_modified(self, key: Key) -> datetime | None:
+        """Return when ``key``'s row was last written, or ``None`` if it has no value."""
+        scope_cache, key = self._scope_cache(key)
+        return scope_cache.last_modified(key)
+
+    # Writing
+
+    def set_many(self, kv_dict: Mapping[Key, Any]) -> None:
+        """Store every value of ``kv_dict``, or raise.
+
+        Invalid keys and values raise before any SQL. A database failure raises
+        ``KeyValueMultiSaveError([])``: the write is all-or-nothing, so nothing was saved.
+        """
+        by_scope: dict[ScopeBase, dict[Key, Any]] = {}
+        for key, value in kv_dict.items():
+            scope_cache, checked = self._scope_cache(key)
+            by_scope.setdefault(scope_cache.scope, {})[checked] = value
+        if self.read_only:
+            return
+        writes = [self.cache[scope].plan_set(items) for scope, items in by_scope.items()]
+        try:
+            self._run(writes)
+        except DatabaseError as exc:
+            raise KeyValueMultiSaveError([]) from exc
+
+    def delete(self, key: Key) -> None:
+        """Delete the value of ``key``; ``KeyError`` if it has none."""
+        scope_cache, key = self._scope_cache(key)
+        write = scope_cache.plan_delete(key)
+        if not self.read_only:
+            self._run([write])
+
+    def _run(self, writes: list[_Write]) -> None:
+        several = len(writes) > 1 or any(write.several_statements for write in writes)
+        # Several statements run in one transaction. It joins the caller's transaction if there
+        # is one, as Django's own multi-statement writes do: a failure rolls back all of it.
+        atomic = several and self.persistent
+        with transaction.atomic(storage.state_alias(), savepoint=False) if atomic else nullcontext():
+            results = [write.run() for write in writes]
+        for write, result in zip(writes, results, strict=True):
+            write.remember(result)
+
+    def _scope_cache(self, key: Key) -> tuple[_ScopeCache, Key]:
+        """Return the cache of ``key``'s scope and the key with its named scope; or raise."""
+        scope = user_scope(key.scope)
+        check_field_name(key.field_name)
+        if self.persistent:
+            check_user(scope, key.user_id, self.user_id)
+        if key.scope is not scope:
+            key = key._replace(scope=scope)
+        return self.cache[scope], key
+
+
+def _add_fields(
+    wanted: dict[ScopeBase, dict[Any, set[str]]],
+    fields: Iterable[Field],
+    usage_id: UsageKey,
+    block_type_key: BlockTypeKeyV1,
+) -> None:
+    owners = {
+        USER_STATE: usage_id,
+        USER_STATE_SUMMARY: usage_id,
+        PREFERENCES: block_type_key,
+        USER_INFO: None,
+    }
+    for field in fields:
+        for scope, owner in owners.items():
+            if field.scope == scope:
+                wanted[scope].setdefault(owner, set()).add(field.name)
+
+
+def _descendants(block: Any, depth: int | None) -> Iterator[Any]:
+    """Yield ``block`` and its descendants, breadth first, each usage once."""
+    seen: set[Any] = set()
+    level = [block]
+    remaining = depth
+    while level:
+        next_level = []
+        for found in level:
+            usage_id = found.scope_ids.usage_id
+            if usage_id in seen:
+                continue
+            seen.add(usage_id)
+            yield found
+            if (remaining is None or remaining > 0) and getattr(found, "has_children", False):
+                next_level.extend(found.get_children())
+        level = next_level
+        remaining = None if remaining is None else remaining - 1
+
+
+def _aside_type(aside: Any) -> str:
+    return aside if isinstance(aside, str) else str(aside.scope_ids.block_type)
+
+
+def _aside_fields(aside: Any) -> Iterable[Field] | None:
+    """Return an aside's fields: from the instance, or its registered class; None if unknown."""
+    if not isinstance(aside, str):
+        return list(aside.fields.values())
+    try:
+        return list(XBlockAside.load_class(aside).fields.values())
+    except PluginMissingError:
+        log.warning("kvstate: aside type %r is not installed; prefetching its user_state only",
+                    aside)
+        return None
+
+
+class DjangoKeyValueStore(KeyValueStore):  # type: ignore[misc]  # XBlock ships no types
+    """XBlock's ``KeyValueStore`` over a :class:`FieldDataCache`.
+
+    Accepts the four user scopes; any other raises ``InvalidScopeError`` before any query.
+    """
+
+    Key = KeyValueStore.Key
+
+    def __init__(self, field_data_cache: FieldDataCache) -> None:
+        self._field_data_cache = field_data_cache
+
+    def get(self, key: Key) -> Any:
+        """Return the value of ``key``; ``KeyError`` if it has none."""
+        return self._field_data_cache.get(key)
+
+    def set(self, key: Key, value: Any) -> None:
+        """Store ``value`` under ``key``."""
+        self.set_many({key: value})
+
+    def set_many(self, kv_dict: Mapping[Key, Any]) -> None:
+        """Store all of ``kv_dict`` or raise ``KeyValueMultiSaveError`` (see FieldDataCache)."""
+        self._field_data_cache.set_many(kv_dict)
+
+    def delete(self, key: Key) -> None:
+        """Delete the value of ``key``; ``KeyError`` if it has none."""
+        self._field_data_cache.delete(key)
+
+    def has(self, key: Key) -> bool:
+        """Return whether ``key`` has a stored value."""
+        return self._field_data_cache.has(key)
+
+
+def set_score(
+    user_id: int, usage_key: UsageKey, score: float | None, max_score: float | None
+) -> datetime:
+    """Store a learner's raw score for a block and return when it was stored.
+
+    Creates the block's row (with a NULL state) if it is missing; keeps the state of an
+    existing one. Safe under concurrent callers. Leaves one history row (for recorded types).
+    """
+    target = Target.of(check_usage_key(usage_key))
+    return storage.write_score(user_id, target, score, max_score).modified
+
+
+def get_score(user_id: int, usage_key: UsageKey) -> StudentModule | None:
+    """Return the learner's ``StudentModule`` for a block (with its grade), or ``None``."""
+    return StudentModule.objects.filter(
+        student_id=user_id, module_state_key=usage_key, course_id=usage_key.context_key
+    ).first()

@@ -1,0 +1,473 @@
+"""The write engine shared by ``FieldDataCache``, ``DjangoXBlockUserStateClient`` and ``set_score``.
+
+user_state rows are written lock-free and losslessly. A missing row is created with
+insert-or-ignore; an existing one is updated with a compare-and-swap on the exact text that was
+read (``UPDATE ... WHERE id = %s AND state = <what we read>``). When a swap misses, another
+writer got there first: re-read, re-merge in Python, swap again. The stored text is always
+exactly what Python's ``json`` wrote, so every JSON value round-trips (SPEC §3), which the
+databases' own JSON functions do not guarantee.
+
+Per-field rows (summary, preferences, info) are upserted or deleted in one statement per scope.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, TypeVar
+
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import Model, Q
+from django.utils import timezone
+from opaque_keys.edx.keys import LearningContextKey, UsageKey
+
+from kvstate import history, sql
+from kvstate.models import StudentModule
+from kvstate.validation import check_length, check_size
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Give up after this many lost compare-and-swap rounds in a row. Each lost round means another
+#: writer committed in between, so the system as a whole keeps making progress.
+MAX_SWAP_ROUNDS = 50
+#: A deadlock rolls back the whole transaction; retry it this many times when kvstate owns it.
+MAX_CONFLICT_RETRIES = 3
+
+_MODULE_COLUMNS = (
+    "id",
+    "module_state_key",
+    "course_id",
+    "module_type",
+    "state",
+    "grade",
+    "max_grade",
+    "created",
+    "modified",
+)
+
+
+@dataclass
+class Stats:
+    """Process-wide tallies of what the engine had to retry (benchmarks and tests read them)."""
+
+    swaps_lost: int = 0
+    inserts_lost: int = 0
+    transactions_retried: int = 0
+
+    def reset(self) -> None:
+        self.swaps_lost = self.inserts_lost = self.transactions_retried = 0
+
+
+stats = Stats()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The row a user_state change goes to: one learner's state of one block in one context."""
+
+    usage_key: UsageKey
+    course_id: LearningContextKey
+
+    @classmethod
+    def of(cls, usage_key: UsageKey) -> Target:
+        """Return the target of a block's state: rows live in the usage key's own context."""
+        return cls(usage_key, usage_key.context_key)
+
+    @property
+    def module_type(self) -> str:
+        return str(self.usage_key.block_type)
+
+    @property
+    def stored(self) -> tuple[str, str]:
+        """The ``(module_id, course_id)`` strings the row is stored under."""
+        return row_key(self.usage_key, self.course_id)
+
+    def check(self) -> Target:
+        """Return this target if its key, context and type fit their columns, else raise."""
+        module_id, course_id = self.stored
+        check_length("usage key", module_id, StudentModule.KEY_MAX_LENGTH)
+        check_length("learning context key", course_id, StudentModule.KEY_MAX_LENGTH)
+        check_length("block type", self.module_type, StudentModule.MODULE_TYPE_MAX_LENGTH)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRow:
+    """What kvstate knows of one ``StudentModule`` row."""
+
+    id: int | None  # None only for rows kept in memory (anonymous users)
+    state_text: str | None
+    grade: float | None
+    max_grade: float | None
+    created: datetime
+    modified: datetime
+    module_type: str
+    state: dict[str, Any] = field(compare=False)
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> ModuleRow:
+        """Build from a ``values_list(*_MODULE_COLUMNS)`` tuple."""
+        row_id, _usage, _course, module_type, text, grade, max_grade, created, modified = values
+        return cls(row_id, text, grade, max_grade, created, modified, module_type,
+                   parse_state(text))
+
+    @property
+    def visible(self) -> bool:
+        """Whether reads see this row: NULL (never stored) and ``{}`` (deleted) are invisible."""
+        return bool(self.state)
+
+    def with_state(self, text: str, modified: datetime) -> ModuleRow:
+        """Return this row after its state became ``text`` at ``modified``."""
+        return replace(self, state_text=text, modified=modified, state=parse_state(text))
+
+
+def parse_state(text: str | None) -> dict[str, Any]:
+    """Return the fields a state text holds (``{}`` for NULL or a non-object)."""
+    if not text:
+        return {}
+    state = json.loads(text)
+    return state if isinstance(state, dict) else {}
+
+
+def dump_state(state: Mapping[str, Any]) -> str:
+    """Serialise a whole user_state, enforcing the size limit."""
+    return check_size("the block's user_state", json.dumps(state, allow_nan=False))
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """Fields to set in, and to delete from, one block's user_state (``clear``: delete all)."""
+
+    set_fields: Mapping[str, Any] = field(default_factory=dict)
+    delete_fields: frozenset[str] = frozenset()
+    clear: bool = False
+
+    def apply(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``state`` with this change applied."""
+        if self.clear:
+            return {}
+        merged = {k: v for k, v in state.items() if k not in self.delete_fields}
+        merged.update(self.set_fields)
+        return merged
+
+    @property
+    def creates(self) -> bool:
+        """Whether applying this change to a missing row stores anything."""
+        return bool(self.set_fields) and not self.clear
+
+
+@functools.lru_cache(maxsize=4096)
+def row_key(usage_key: object, course_id: object) -> tuple[str, str]:
+    """Return the stored strings that identify a row (branch and version stripped)."""
+    opts = StudentModule._meta
+    return (
+        str(opts.get_field("module_state_key").get_prep_value(usage_key)),
+        str(opts.get_field("course_id").get_prep_value(course_id)),
+    )
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Yield ``items`` in slices of at most ``size``."""
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + size]
+
+
+def state_alias() -> str:
+    """Return the alias StudentModule rows are written to."""
+    return router.db_for_write(StudentModule)
+
+
+# Reading -----------------------------------------------------------------------------------
+
+
+def fetch_modules(
+    using: str,
+    student_id: int,
+    targets: Iterable[Target],
+    *,
+    lock: bool = False,
+) -> dict[Target, ModuleRow]:
+    """Read the rows of ``targets``: one statement per parameter-limit chunk, no join.
+
+    ``lock`` reads with ``SELECT ... FOR UPDATE``, which sees the newest committed rows even
+    under REPEATABLE READ, and holds them until the transaction ends.
+    """
+    by_key = {t.stored: t for t in targets}
+    found: dict[Target, ModuleRow] = {}
+    connection = connections[using]
+    # Two values per row (module_id, course_id) plus the learner's id.
+    size = (sql.max_query_params(connection) - 1) // 2
+    for chunk in chunked(sorted(by_key), size):
+        module_ids = {module_id for module_id, _ in chunk}
+        course_ids = {course_id for _, course_id in chunk}
+        query = StudentModule.objects.using(using).filter(
+            student_id=student_id, module_state_key__in=module_ids, course_id__in=course_ids
+        )
+        if lock and connection.features.has_select_for_update:
+            query = query.select_for_update()
+        for values in query.values_list(*_MODULE_COLUMNS):
+            target = by_key.get(row_key(values[1], values[2]))
+            if target is not None:
+                found[target] = ModuleRow.from_values(values)
+    return found
+
+
+# Writing user_state ------------------------------------------------------------------------
+
+
+def write_user_states(
+    student_id: int,
+    changes: Mapping[Target, StateChange],
+    known: Mapping[Target, ModuleRow],
+    *,
+    using: str | None = None,
+) -> dict[Target, ModuleRow]:
+    """Apply ``changes`` to one learner's user_state rows; return the rows as written.
+
+    ``known`` holds what the caller read; a target it lacks is assumed missing, which is always
+    safe (insert-or-ignore falls back to a swap). A pure delete on a missing row does nothing.
+    The call is all-or-nothing: when it may take more than one writing statement it runs in
+    one transaction (joining the caller's, as Django's own multi-statement writes do).
+    History for the rows written follows (SPEC §5): in the same transaction when it shares the
+    alias, after the commit when it lives on its own.
+    """
+    using = using or state_alias()
+    connection = connections[using]
+    for target in changes:
+        target.check()
+    recorded = [t for t in changes if history.records(t.module_type)]
+    history_inline = bool(recorded) and history.alias() == using
+    one_statement = len(changes) == 1 and not history_inline
+
+    def attempt() -> dict[Target, ModuleRow]:
+        with nullcontext() if one_statement else transaction.atomic(using, savepoint=False):
+            rows = _merge(using, student_id, changes, dict(known))
+            history.record([rows[t] for t in recorded if t in rows], state_using=using)
+        return rows
+
+    if connection.in_atomic_block:
+        return attempt()
+    return retrying_conflicts(using, attempt)
+
+
+def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` (which owns its transaction), retrying it whole after a deadlock."""
+    connection = connections[using]
+    for attempt in range(MAX_CONFLICT_RETRIES + 1):
+        try:
+            return fn()
+        except DatabaseError as exc:
+            if attempt == MAX_CONFLICT_RETRIES or not sql.is_retryable_conflict(connection, exc):
+                raise
+            stats.transactions_retried += 1
+            log.warning("kvstate: transaction conflict writing user state, retrying: %s", exc)
+    raise AssertionError("unreachable")
+
+
+def _merge(
+    using: str,
+    student_id: int,
+    changes: Mapping[Target, StateChange],
+    known: dict[Target, ModuleRow],
+) -> dict[Target, ModuleRow]:
+    """Insert the missing rows, swap the present ones, and merge again where a race was lost."""
+    connection = connections[using]
+    now = timezone.now()
+    done: dict[Target, ModuleRow] = {}
+    todo = dict(sorted(changes.items(), key=lambda item: item[0].stored))
+    for _round in range(MAX_SWAP_ROUNDS):
+        for target in [t for t in todo if t not in known and not todo[t].creates]:
+            del todo[target]  # a delete on a row that does not exist: nothing to do
+        if not todo:
+            return done
+        # Every text of the round is built (and size-checked) before its first statement.
+        inserts = {t: dump_state(c.apply({})) for t, c in todo.items() if t not in known}
+        swaps = {t: dump_state(c.apply(known[t].state)) for t, c in todo.items() if t in known}
+        if inserts:
+            created = _insert(connection, student_id, inserts, now)
+            done.update(created)
+            lost = [t for t in inserts if t not in created]
+            if lost:
+                # Another writer created these rows between our read and our insert.
+                stats.inserts_lost += len(lost)
+                known.update(fetch_modules(using, student_id, lost, lock=_lock_reads(using)))
+        if swaps:
+            swapped = _swap(connection, student_id, swaps, known, now)
+            done.update(swapped)
+            if len(swapped) < len(swaps):
+                stats.swaps_lost += 1
+                log.debug("kvstate: %d of %d swaps lost a race; merging again",
+                          len(swaps) - len(swapped), len(swaps))
+        todo = {t: c for t, c in todo.items() if t not in done}
+        if not todo:
+            return done
+    raise DatabaseError(
+        f"kvstate gave up writing user state after {MAX_SWAP_ROUNDS} lost compare-and-swap "
+        "rounds (extreme write contention on one row)"
+    )
+
+
+def _insert(
+    connection: Any,
+    student_id: int,
+    texts: Mapping[Target, str],
+    now: datetime,
+) -> dict[Target, ModuleRow]:
+    """Insert a row for each target of ``texts``; return those this statement created."""
+    columns = ("module_type", "module_id", "student_id", "course_id", "state", "done",
+               "created", "modified")
+    table = StudentModule._meta.db_table
+    targets = list(texts)
+    inserted: dict[tuple[Any, ...], int] = {}
+    for chunk in chunked(targets, sql.max_query_params(connection) // len(columns)):
+        rows = [(t.module_type, t.stored[0], student_id, t.stored[1], texts[t], "na", now, now)
+                for t in chunk]
+        ids = sql.insert_modules(connection, table, columns, rows, ("module_id", "course_id"))
+        if ids is None:
+            ids = _created_by_us(connection.alias, student_id, chunk, texts, now)
+        inserted.update(ids)
+    return {
+        t: ModuleRow(inserted[t.stored], texts[t], None, None, now, now, t.module_type,
+                     parse_state(texts[t]))
+        for t in targets
+        if t.stored in inserted
+    }
+
+
+def _swap(
+    connection: Any,
+    student_id: int,
+    texts: Mapping[Target, str],
+    known: dict[Target, ModuleRow],
+    now: datetime,
+) -> dict[Target, ModuleRow]:
+    """Compare-and-swap the rows of ``texts``; return those swapped, refresh ``known`` for the rest."""
+    table = StudentModule._meta.db_table
+    targets = list(texts)
+    swaps = [(known[t].id, known[t].state_text, texts[t]) for t in targets]
+    matched = 0
+    for chunk in chunked(swaps, sql.max_query_params(connection) // sql.SWAP_PARAMS - 1):
+        matched += sql.compare_and_swap_states(connection, table, chunk, now)  # type: ignore[arg-type]
+    if matched == len(swaps):
+        return {t: known[t].with_state(texts[t], now) for t in targets}
+    # Some rows changed since they were read. Re-read them all: ours now hold our text and
+    # our timestamp; the others are merged again in the next round.
+    swapped = {}
+    fresh = fetch_modules(connection.alias, student_id, targets, lock=_lock_reads(connection.alias))
+    for target in targets:
+        row = fresh.get(target)
+        if row is None:
+            known.pop(target, None)  # deleted meanwhile: create it again
+        elif row.state_text == texts[target] and row.modified == now:
+            swapped[target] = row
+        else:
+            known[target] = row
+    return swapped
+
+
+def _created_by_us(
+    using: str,
+    student_id: int,
+    targets: Sequence[Target],
+    texts: Mapping[Target, str],
+    now: datetime,
+) -> dict[tuple[Any, ...], int]:
+    # Without RETURNING (MySQL 8) read the rows back: ours carry our text and our timestamp.
+    rows = fetch_modules(using, student_id, targets, lock=_lock_reads(using))
+    return {
+        t.stored: row.id
+        for t, row in rows.items()
+        if row.id is not None and row.state_text == texts[t] and row.created == now
+    }
+
+
+def _lock_reads(using: str) -> bool:
+    # Inside a transaction a plain re-read may return the same stale snapshot (REPEATABLE READ);
+    # a locking read sees the newest committed row and keeps it until we swap.
+    return connections[using].in_atomic_block
+
+
+# Scores ------------------------------------------------------------------------------------
+
+
+def write_score(
+    student_id: int,
+    target: Target,
+    grade: float | None,
+    max_grade: float | None,
+    *,
+    using: str | None = None,
+) -> ModuleRow:
+    """Set a row's grade and max_grade, creating the row (state NULL) if it is missing.
+
+    One upsert keeps whatever state the row has, so concurrent callers neither raise nor lose
+    state. History, when kept for the block type, needs the state too: one more read. The row
+    returned carries the id only when it was read.
+    """
+    using = using or state_alias()
+    target.check()
+    connection = connections[using]
+    recorded = history.records(target.module_type)
+    history_inline = recorded and history.alias() == using
+
+    def attempt() -> ModuleRow:
+        with transaction.atomic(using, savepoint=False) if history_inline else nullcontext():
+            module = StudentModule(
+                student_id=student_id,
+                module_state_key=target.usage_key,
+                course_id=target.course_id,
+                module_type=target.module_type,
+                state=None,
+                grade=grade,
+                max_grade=max_grade,
+            )
+            StudentModule.objects.using(using).bulk_create(
+                [module],
+                update_conflicts=True,
+                update_fields=["grade", "max_grade", "modified"],
+                unique_fields=_unique_fields(connection, StudentModule),
+            )
+            if not recorded:
+                return ModuleRow(None, None, grade, max_grade, module.created, module.modified,
+                                 target.module_type, {})
+            row = fetch_modules(using, student_id, [target])[target]
+            history.record([row], state_using=using)
+        return row
+
+    if connection.in_atomic_block:
+        return attempt()
+    return retrying_conflicts(using, attempt)
+
+
+# Per-field scopes --------------------------------------------------------------------------
+
+
+def _unique_fields(connection: Any, model: type[Model]) -> list[str] | None:
+    if not connection.features.supports_update_conflicts_with_target:
+        return None  # MySQL/MariaDB's ON DUPLICATE KEY UPDATE takes no conflict target.
+    unique = next(c for c in model._meta.constraints if hasattr(c, "fields"))
+    return list(unique.fields)
+
+
+def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None:
+    """Insert or update per-field rows in one statement."""
+    if not objs:
+        return
+    model._default_manager.using(using).bulk_create(
+        objs,
+        update_conflicts=True,
+        update_fields=["value", "modified"],
+        unique_fields=_unique_fields(connections[using], model),
+    )
+
+
+def delete_fields(using: str, model: type[Model], condition: Q) -> None:
+    """Delete the per-field rows matching ``condition`` in one statement."""
+    model._default_manager.using(using).filter(condition).delete()

@@ -1,0 +1,232 @@
+"""``DjangoXBlockUserStateClient``: edx-user-state-client's interface over ``StudentModule``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.db import router
+from django.db.models import Q
+from edx_user_state_client.interface import XBlockUserState, XBlockUserStateClient
+from opaque_keys.edx.keys import LearningContextKey, UsageKey
+from xblock.fields import Scope, ScopeBase
+
+from kvstate import history, storage
+from kvstate.models import StudentModule
+from kvstate.storage import StateChange, Target
+from kvstate.validation import check_field_name, check_usage_key, to_json
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+
+__all__ = ["DjangoXBlockUserStateClient"]
+
+#: An empty state, as ``delete`` leaves it: invisible to reads, distinct from NULL.
+_DELETED = "{}"
+
+
+class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc]  # untyped base
+    """Read and write learners' ``user_state`` by username, one statement per batch.
+
+    ``user`` (optional) is the learner most calls are about; other usernames are looked up
+    once per client. Only ``Scope.user_state`` is served, as in Open edX.
+    """
+
+    #: Rows per statement when iterating over a whole block or course.
+    iteration_page_size = 1000
+
+    def __init__(self, user: AbstractBaseUser | None = None) -> None:
+        self.user = user
+        self._user_ids: dict[str, int] = {}
+        if user is not None and user.is_authenticated:
+            self._user_ids[user.get_username()] = user.pk
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} user={self.user!r}>"
+
+    # Reading
+
+    def get_many(
+        self,
+        username: str,
+        block_keys: Iterable[UsageKey],
+        scope: ScopeBase = Scope.user_state,
+        fields: Iterable[str] | None = None,
+    ) -> Iterator[XBlockUserState]:
+        """Yield the stored state of each block that has one, in the order asked."""
+        _check_scope(scope)
+        targets = [Target.of(check_usage_key(key)) for key in block_keys]
+        wanted = None if fields is None else set(fields)
+        student_id = self._student_id(username)
+        if student_id is None or not targets:
+            return
+        rows = storage.fetch_modules(storage.state_alias(), student_id, targets)
+        for target in dict.fromkeys(targets):
+            row = rows.get(target)
+            if row is None or not row.visible:
+                continue
+            state = row.state
+            if wanted is not None:
+                state = {name: value for name, value in state.items() if name in wanted}
+            yield XBlockUserState(username, target.usage_key, state, row.modified, scope)
+
+    def get_history(
+        self, username: str, block_key: UsageKey, scope: ScopeBase = Scope.user_state
+    ) -> Iterator[XBlockUserState]:
+        """Yield the block's state after each write, newest first (``None`` once deleted).
+
+        Raises ``DoesNotExist`` when the learner has no row for the block. Two statements
+        however long the history is.
+        """
+        _check_scope(scope)
+        target = Target.of(check_usage_key(block_key))
+        student_id = self._student_id(username)
+        row = None
+        if student_id is not None:
+            row = storage.fetch_modules(storage.state_alias(), student_id, [target]).get(target)
+        if row is None or row.id is None:
+            raise self.DoesNotExist(f"{username!r} has no state for {block_key}")
+        for entry in history.for_module(row.id):
+            state = storage.parse_state(entry.state) or None
+            yield XBlockUserState(username, block_key, state, entry.created, scope)
+
+    def iter_all_for_block(
+        self, block_key: UsageKey, scope: ScopeBase = Scope.user_state
+    ) -> Iterator[XBlockUserState]:
+        """Yield every learner's stored state for one block, page by page (no order promised)."""
+        _check_scope(scope)
+        target = Target.of(check_usage_key(block_key))
+        module_id, course_id = target.stored
+        rows = StudentModule.objects.filter(module_state_key=module_id, course_id=course_id)
+        yield from self._iterate(rows, ("id",), scope)
+
+    def iter_all_for_course(
+        self,
+        course_key: LearningContextKey,
+        block_type: str | None = None,
+        scope: ScopeBase = Scope.user_state,
+    ) -> Iterator[XBlockUserState]:
+        """Yield every stored state in a course (or of one block type in it), page by page."""
+        _check_scope(scope)
+        rows = StudentModule.objects.filter(course_id=course_key)
+        if block_type is not None:
+            rows = rows.filter(module_type=block_type)
+        yield from self._iterate(rows, ("module_type", "id"), scope)
+
+    def _iterate(
+        self, rows: Any, order: Sequence[str], scope: ScopeBase
+    ) -> Iterator[XBlockUserState]:
+        """Walk ``rows`` in pages by keyset on ``order`` (no OFFSET), skipping empty states.
+
+        Each page is one statement that also brings the usernames; memory stays at one page.
+        """
+        using = router.db_for_read(StudentModule)
+        visible = rows.using(using).exclude(state__isnull=True).exclude(state=_DELETED)
+        columns = ("module_state_key", "course_id", "student__username", "state", "modified")
+        after: tuple[Any, ...] | None = None
+        while True:
+            page_query = visible if after is None else visible.filter(_after(order, after))
+            page = list(
+                page_query.order_by(*order).values_list(*order, *columns)[
+                    : self.iteration_page_size
+                ]
+            )
+            for values in page:
+                usage_key, course_id, username, text, modified = values[len(order) :]
+                state = storage.parse_state(text)
+                if state:
+                    block_key = usage_key.map_into_course(course_id)
+                    yield XBlockUserState(username, block_key, state, modified, scope)
+            if len(page) < self.iteration_page_size:
+                return
+            after = page[-1][: len(order)]
+
+    # Writing
+
+    def set_many(
+        self,
+        username: str,
+        block_keys_to_state: Mapping[UsageKey, Mapping[str, Any]],
+        scope: ScopeBase = Scope.user_state,
+    ) -> None:
+        """Overlay each block's stored state with the fields given (absent fields stay).
+
+        Three statements at most for any number of blocks: read, insert the new rows, swap the
+        others. All or nothing; history for all the blocks in one more statement.
+        """
+        _check_scope(scope)
+        changes: dict[Target, StateChange] = {}
+        for block_key, state in block_keys_to_state.items():
+            target = Target.of(check_usage_key(block_key)).check()
+            if not isinstance(state, Mapping):
+                raise TypeError(f"state for {block_key} is a {type(state).__name__}, not a dict")
+            for name, value in state.items():
+                check_field_name(name)
+                to_json(value, name)
+            changes[target] = StateChange(set_fields=dict(state))
+        if not any(change.creates for change in changes.values()):
+            return
+        student_id = self._require_student_id(username)
+        self._write(student_id, changes)
+
+    def delete_many(
+        self,
+        username: str,
+        block_keys: Iterable[UsageKey],
+        scope: ScopeBase = Scope.user_state,
+        fields: Iterable[str] | None = None,
+    ) -> None:
+        """Delete the given fields (all when ``fields`` is None) of each block's state."""
+        _check_scope(scope)
+        if fields is None:
+            change = StateChange(clear=True)
+        else:
+            names = frozenset(check_field_name(name) for name in fields)
+            change = StateChange(delete_fields=names)
+        changes = {Target.of(check_usage_key(key)).check(): change for key in block_keys}
+        student_id = self._student_id(username)
+        if student_id is None or not changes:
+            return
+        self._write(student_id, changes)
+
+    def _write(self, student_id: int, changes: Mapping[Target, StateChange]) -> None:
+        known = storage.fetch_modules(storage.state_alias(), student_id, changes)
+        storage.write_user_states(student_id, changes, known)
+
+    # Users
+
+    def _student_id(self, username: str) -> int | None:
+        """Return the id of the user ``username`` (None if there is none), looked up once."""
+        if username not in self._user_ids:
+            user_model = get_user_model()
+            found = (
+                user_model._default_manager.filter(**{user_model.USERNAME_FIELD: username})
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if found is None:
+                return None  # not remembered: the user may yet be created
+            self._user_ids[username] = found
+        return self._user_ids[username]
+
+    def _require_student_id(self, username: str) -> int:
+        student_id = self._student_id(username)
+        if student_id is None:
+            raise self.DoesNotExist(f"there is no user named {username!r}")
+        return student_id
+
+
+def _check_scope(scope: ScopeBase) -> None:
+    if scope != Scope.user_state:
+        raise ValueError(f"DjangoXBlockUserStateClient serves Scope.user_state only, not {scope}")
+
+
+def _after(order: Sequence[str], last: Sequence[Any]) -> Q:
+    """Return the keyset condition "after ``last``" for an ordering on ``order`` (ascending)."""
+    condition = Q(**{f"{order[-1]}__gt": last[-1]})
+    for index in range(len(order) - 2, -1, -1):
+        condition = Q(**{f"{order[index]}__gt": last[index]}) | (
+            Q(**{order[index]: last[index]}) & condition
+        )
+    return condition

@@ -1,0 +1,113 @@
+"""Check keys, names and values before any SQL runs, with errors that name the culprit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from opaque_keys.edx.keys import UsageKey
+from xblock.exceptions import InvalidScopeError
+from xblock.fields import Scope, ScopeBase
+
+from kvstate.conf import settings
+
+#: The four scopes kvstate stores. Named scopes are plain ``ScopeBase`` tuples, so they are
+#: matched by identity (or exact tuple equality), never by ``str(scope)``.
+USER_STATE = Scope.user_state
+USER_STATE_SUMMARY = Scope.user_state_summary
+PREFERENCES = Scope.preferences
+USER_INFO = Scope.user_info
+USER_SCOPES: tuple[ScopeBase, ...] = (USER_STATE, USER_STATE_SUMMARY, PREFERENCES, USER_INFO)
+#: Scopes whose keys carry the learner's id.
+LEARNER_SCOPES: tuple[ScopeBase, ...] = (USER_STATE, PREFERENCES, USER_INFO)
+
+FIELD_NAME_MAX_LENGTH = 64
+MODULE_TYPE_MAX_LENGTH = 32
+KEY_MAX_LENGTH = 255
+BLOCK_TYPE_KEY_MAX_LENGTH = 64
+
+
+class WrongUserError(AssertionError):
+    """A key names another learner than the one the cache or store was built for.
+
+    A subclass of ``AssertionError`` because Open edX asserted here and callers catch that;
+    unlike an ``assert`` it is raised under ``python -O`` too.
+    """
+
+
+def user_scope(scope: object) -> ScopeBase:
+    """Return the kvstate scope ``scope`` is, or raise ``InvalidScopeError``."""
+    for known in USER_SCOPES:
+        if scope is known or (type(scope) is ScopeBase and scope == known):
+            return known
+    raise InvalidScopeError(
+        f"kvstate stores only the user scopes (user_state, user_state_summary, preferences, "
+        f"user_info), not {scope!r}"
+    )
+
+
+def check_user(scope: ScopeBase, key_user_id: object, user_id: object) -> None:
+    """Raise ``WrongUserError`` if a learner-scoped key belongs to another learner."""
+    if scope in LEARNER_SCOPES and key_user_id != user_id:
+        raise WrongUserError(
+            f"key for user {key_user_id!r} used with a store for user {user_id!r}"
+        )
+
+
+def check_usage_key(value: object) -> UsageKey:
+    """Return ``value`` if it is a usage key, else raise ``TypeError``."""
+    if not isinstance(value, UsageKey):
+        raise TypeError(f"expected a usage key (UsageKey), got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_field_name(name: object, max_length: int | None = None) -> str:
+    """Return ``name`` if it is a usable field name, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"field name {name!r} is a {type(name).__name__}, not a str")
+    if not name:
+        raise ValueError("field name is empty")
+    if max_length is not None and len(name) > max_length:
+        raise ValueError(
+            f"field name {name[:20]!r}... is {len(name)} characters, longer than the "
+            f"{max_length} the column allows"
+        )
+    return name
+
+
+def check_length(what: str, value: str, max_length: int) -> str:
+    """Return ``value`` if it fits a column of ``max_length`` characters, else ``ValueError``."""
+    if len(value) > max_length:
+        raise ValueError(
+            f"{what} {value[:40]!r}... is {len(value)} characters, longer than the "
+            f"{max_length} its column allows"
+        )
+    return value
+
+
+def to_json(value: Any, field_name: str) -> str:
+    """Serialise ``value`` exactly as Open edX's text columns hold it, or raise.
+
+    ``TypeError`` for values JSON cannot hold, ``ValueError`` for NaN/Infinity or a value over
+    ``KVSTATE_MAX_VALUE_BYTES``.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except TypeError as exc:
+        raise TypeError(f"value of field {field_name!r} is not JSON-serialisable: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"value of field {field_name!r} cannot be stored: {exc}") from exc
+    check_size(f"value of field {field_name!r}", text)
+    return text
+
+
+def check_size(what: str, text: str) -> str:
+    """Raise ``ValueError`` if ``text`` is over ``KVSTATE_MAX_VALUE_BYTES``."""
+    limit = settings.MAX_VALUE_BYTES
+    # json.dumps escapes everything outside ASCII, so characters are bytes.
+    if limit is not None and len(text) > limit:
+        raise ValueError(
+            f"{what} is {len(text)} bytes serialised, over the KVSTATE_MAX_VALUE_BYTES "
+            f"limit of {limit}; nothing was written"
+        )
+    return text

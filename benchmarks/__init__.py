@@ -1,0 +1,1 @@
+"""Benchmarks: kvstate against a naive Open edX-style baseline (``python -m benchmarks.run``)."""

@@ -12,10 +12,9 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Model, Q
@@ -44,8 +43,8 @@ from kvstate.validation import (
     USER_STATE_SUMMARY,
     check_field_name,
     check_length,
-    check_user,
     check_usage_key,
+    check_user,
     to_json,
     user_scope,
 )
@@ -53,12 +52,14 @@ from kvstate.validation import (
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
+    from django.db.models import Field as DjangoField
 
 __all__ = ["DjangoKeyValueStore", "FieldDataCache", "get_score", "set_score"]
 
 log = logging.getLogger(__name__)
 
-Key = KeyValueStore.Key
+#: XBlock's ``KeyValueStore.Key`` namedtuple in annotations (XBlock ships no types).
+KvsKey: TypeAlias = Any
 
 
 def _fresh(value: Any) -> Any:
@@ -68,7 +69,21 @@ def _fresh(value: Any) -> Any:
 
 def _stored(model: type[Model], field_name: str, value: object) -> str:
     """Return ``value`` as the column ``field_name`` of ``model`` stores it."""
-    return str(model._meta.get_field(field_name).get_prep_value(value))
+    field = cast("DjangoField[Any, Any]", model._meta.get_field(field_name))
+    return str(field.get_prep_value(value))
+
+
+def _block_type_key(family: str, block_type: str) -> BlockTypeKeyV1:
+    # opaque-keys declares the key's fields abstract and sets them in __init__.
+    return BlockTypeKeyV1(family, block_type)  # type: ignore[abstract, no-untyped-call]
+
+
+def _aside_usage_keys(usage_id: UsageKey, aside_type: str) -> tuple[UsageKey, UsageKey]:
+    """Return both spellings of an aside's usage key: runtimes have used each."""
+    return (
+        AsideUsageKeyV1(usage_id, aside_type),  # type: ignore[abstract, no-untyped-call]
+        AsideUsageKeyV2(usage_id, aside_type),  # type: ignore[abstract, no-untyped-call]
+    )
 
 
 @dataclass(frozen=True)
@@ -78,8 +93,6 @@ class _Write:
     field_names: list[str]
     run: Callable[[], Any]
     remember: Callable[[Any], None]
-    #: Whether ``run`` may issue more than one writing statement.
-    several_statements: bool = False
 
 
 class _ScopeCache:
@@ -98,19 +111,19 @@ class _ScopeCache:
         """Prefetch the rows of ``fields``: {owner key: names of this scope's fields}."""
         raise NotImplementedError
 
-    def get(self, key: Key) -> Any:
+    def get(self, key: KvsKey) -> Any:
         raise NotImplementedError
 
-    def has(self, key: Key) -> bool:
+    def has(self, key: KvsKey) -> bool:
         raise NotImplementedError
 
-    def last_modified(self, key: Key) -> datetime | None:
+    def last_modified(self, key: KvsKey) -> datetime | None:
         raise NotImplementedError
 
-    def plan_set(self, items: Mapping[Key, Any]) -> _Write:
+    def plan_set(self, items: Mapping[KvsKey, Any]) -> _Write:
         raise NotImplementedError
 
-    def plan_delete(self, key: Key) -> _Write:
+    def plan_delete(self, key: KvsKey) -> _Write:
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -129,7 +142,7 @@ class UserStateCache(_ScopeCache):
     def __len__(self) -> int:
         return sum(1 for row in self._rows.values() if row.visible)
 
-    def _target(self, key: Key) -> Target:
+    def _target(self, key: KvsKey) -> Target:
         return Target.of(check_usage_key(key.block_scope_id))
 
     def load(self, fields: Mapping[Any, set[str]]) -> None:
@@ -138,21 +151,21 @@ class UserStateCache(_ScopeCache):
         for target, row in found.items():
             self._rows[target.stored] = row
 
-    def _state(self, key: Key) -> dict[str, Any]:
+    def _state(self, key: KvsKey) -> dict[str, Any]:
         row = self._rows.get(self._target(key).stored)
         return row.state if row is not None else {}
 
-    def get(self, key: Key) -> Any:
+    def get(self, key: KvsKey) -> Any:
         return _fresh(self._state(key)[key.field_name])
 
-    def has(self, key: Key) -> bool:
+    def has(self, key: KvsKey) -> bool:
         return key.field_name in self._state(key)
 
-    def last_modified(self, key: Key) -> datetime | None:
+    def last_modified(self, key: KvsKey) -> datetime | None:
         row = self._rows.get(self._target(key).stored)
         return row.modified if row is not None and row.visible else None
 
-    def plan_set(self, items: Mapping[Key, Any]) -> _Write:
+    def plan_set(self, items: Mapping[KvsKey, Any]) -> _Write:
         sets: dict[Target, dict[str, Any]] = {}
         for key, value in items.items():
             to_json(value, key.field_name)  # reject what JSON cannot hold, before any SQL
@@ -160,31 +173,35 @@ class UserStateCache(_ScopeCache):
         changes = {target: StateChange(set_fields=values) for target, values in sets.items()}
         return self._plan(changes, [key.field_name for key in items])
 
-    def plan_delete(self, key: Key) -> _Write:
+    def plan_delete(self, key: KvsKey) -> _Write:
         if not self.has(key):
             raise KeyError(key.field_name)
         target = self._target(key)
-        return self._plan({target: StateChange(delete_fields=frozenset({key.field_name}))},
-                          [key.field_name])
+        return self._plan(
+            {target: StateChange(delete_fields=frozenset({key.field_name}))}, [key.field_name]
+        )
 
     def _plan(self, changes: Mapping[Target, StateChange], names: list[str]) -> _Write:
         known = {t: self._rows[t.stored] for t in changes if t.stored in self._rows}
+        # Build every new state now, so that one over the size limit is refused before any
+        # statement of any scope runs. (The write engine builds them again from what it
+        # finds in the database; they differ only when another writer got there first.)
+        texts = {
+            t: storage.dump_state(c.apply(known[t].state if t in known else {}))
+            for t, c in changes.items()
+        }
         if self.persistent:
 
             def run() -> dict[Target, ModuleRow]:
                 return storage.write_user_states(self.owner.user_id, changes, known)
         else:
-            # Checked now, like the database path, so a state over the limit is refused.
             now = timezone.now()
-            texts = {
-                t: storage.dump_state(c.apply(known[t].state if t in known else {}))
-                for t, c in changes.items()
-            }
 
             def run() -> dict[Target, ModuleRow]:
                 return {
-                    t: ModuleRow(None, text, None, None, now, now, t.module_type,
-                                 storage.parse_state(text))
+                    t: ModuleRow(
+                        None, text, None, None, now, now, t.module_type, storage.parse_state(text)
+                    )
                     for t, text in texts.items()
                 }
 
@@ -192,7 +209,7 @@ class UserStateCache(_ScopeCache):
             for target, row in rows.items():
                 self._rows[target.stored] = row
 
-        return _Write(names, run, remember, several_statements=len(changes) > 1)
+        return _Write(names, run, remember)
 
 
 class _FieldCache(_ScopeCache):
@@ -213,7 +230,7 @@ class _FieldCache(_ScopeCache):
 
     # What differs per scope.
 
-    def owner_of(self, key: Key) -> Any:
+    def owner_of(self, key: KvsKey) -> Any:
         """Return the owner object (key) ``key`` is stored under."""
         raise NotImplementedError
 
@@ -228,7 +245,7 @@ class _FieldCache(_ScopeCache):
             return ""
         return _stored(self.model, self.owner_field, owner)
 
-    def _cache_key(self, key: Key) -> tuple[str, str]:
+    def _cache_key(self, key: KvsKey) -> tuple[str, str]:
         return self._stored_owner(self.owner_of(key)), key.field_name
 
     def load(self, fields: Mapping[Any, set[str]]) -> None:
@@ -252,17 +269,17 @@ class _FieldCache(_ScopeCache):
                 stored_owner = self._stored_owner(owner[0]) if owner else ""
                 self._values[stored_owner, name] = (json.loads(text), modified)
 
-    def get(self, key: Key) -> Any:
+    def get(self, key: KvsKey) -> Any:
         return _fresh(self._values[self._cache_key(key)][0])
 
-    def has(self, key: Key) -> bool:
+    def has(self, key: KvsKey) -> bool:
         return self._cache_key(key) in self._values
 
-    def last_modified(self, key: Key) -> datetime | None:
+    def last_modified(self, key: KvsKey) -> datetime | None:
         found = self._values.get(self._cache_key(key))
         return found[1] if found is not None else None
 
-    def plan_set(self, items: Mapping[Key, Any]) -> _Write:
+    def plan_set(self, items: Mapping[KvsKey, Any]) -> _Write:
         objs: dict[tuple[str, str], Model] = {}
         values: dict[tuple[str, str], Any] = {}
         for key, value in items.items():
@@ -282,8 +299,9 @@ class _FieldCache(_ScopeCache):
 
         def run() -> dict[tuple[str, str], datetime]:
             if self.persistent:
-                storage.upsert_fields(router.db_for_write(self.model), self.model,
-                                      list(objs.values()))
+                storage.upsert_fields(
+                    router.db_for_write(self.model), self.model, list(objs.values())
+                )
                 return {k: obj.modified for k, obj in objs.items()}  # type: ignore[attr-defined]
             now = timezone.now()
             return dict.fromkeys(objs, now)
@@ -294,7 +312,7 @@ class _FieldCache(_ScopeCache):
 
         return _Write(names, run, remember)
 
-    def plan_delete(self, key: Key) -> _Write:
+    def plan_delete(self, key: KvsKey) -> _Write:
         cache_key = self._cache_key(key)
         if cache_key not in self._values:
             raise KeyError(key.field_name)
@@ -319,7 +337,7 @@ class UserStateSummaryCache(_FieldCache):
     model = XModuleUserStateSummaryField
     owner_field = "usage_id"
 
-    def owner_of(self, key: Key) -> Any:
+    def owner_of(self, key: KvsKey) -> Any:
         return check_usage_key(key.block_scope_id)
 
     def row_filter(self) -> dict[str, Any]:
@@ -334,11 +352,11 @@ class PreferencesCache(_FieldCache):
     owner_field = "module_type"
     owner_max_length = XModuleStudentPrefsField.BLOCK_TYPE_MAX_LENGTH
 
-    def owner_of(self, key: Key) -> Any:
+    def owner_of(self, key: KvsKey) -> Any:
         block_type = key.block_scope_id
         if not isinstance(block_type, str) or not block_type:
             raise TypeError(f"preferences key needs a block type string, not {block_type!r}")
-        return BlockTypeKeyV1(key.block_family, block_type)
+        return _block_type_key(key.block_family, block_type)
 
 
 class UserInfoCache(_FieldCache):
@@ -348,7 +366,7 @@ class UserInfoCache(_FieldCache):
     model = XModuleStudentInfoField
     owner_field = None
 
-    def owner_of(self, key: Key) -> Any:
+    def owner_of(self, key: KvsKey) -> Any:
         return None
 
 
@@ -444,12 +462,11 @@ class FieldDataCache:
         asides = [(_aside_type(aside), _aside_fields(aside)) for aside in self.asides]
         for block in blocks:
             usage_id = block.scope_ids.usage_id
-            block_type_key = BlockTypeKeyV1(block.entry_point, block.scope_ids.block_type)
+            block_type_key = _block_type_key(block.entry_point, block.scope_ids.block_type)
             _add_fields(wanted, block.fields.values(), usage_id, block_type_key)
             for aside_type, aside_fields in asides:
-                aside_type_key = BlockTypeKeyV1(XBlockAside.entry_point, aside_type)
-                for aside_usage in (AsideUsageKeyV1(usage_id, aside_type),
-                                    AsideUsageKeyV2(usage_id, aside_type)):
+                aside_type_key = _block_type_key(XBlockAside.entry_point, aside_type)
+                for aside_usage in _aside_usage_keys(usage_id, aside_type):
                     if aside_fields is None:
                         # An aside type we cannot load: its user_state needs no field names.
                         wanted[USER_STATE].setdefault(aside_usage, set())
@@ -490,59 +507,70 @@ class FieldDataCache:
 
     # Reading: from memory only
 
-    def get(self, key: Key) -> Any:
+    def get(self, key: KvsKey) -> Any:
         """Return the value of ``key``; ``KeyError`` if it has none."""
         scope_cache, key = self._scope_cache(key)
         return scope_cache.get(key)
 
-    def has(self, key: Key) -> bool:
+    def has(self, key: KvsKey) -> bool:
         """Return whether ``key`` has a stored value."""
         scope_cache, key = self._scope_cache(key)
         return scope_cache.has(key)
 
-    def last_modified(self, key: Key) -> datetime | None:
+    def last_modified(self, key: KvsKey) -> datetime | None:
         """Return when ``key``'s row was last written, or ``None`` if it has no value."""
         scope_cache, key = self._scope_cache(key)
         return scope_cache.last_modified(key)
 
     # Writing
 
-    def set_many(self, kv_dict: Mapping[Key, Any]) -> None:
+    def set_many(self, kv_dict: Mapping[KvsKey, Any]) -> None:
         """Store every value of ``kv_dict``, or raise.
 
         Invalid keys and values raise before any SQL. A database failure raises
         ``KeyValueMultiSaveError([])``: the write is all-or-nothing, so nothing was saved.
         """
-        by_scope: dict[ScopeBase, dict[Key, Any]] = {}
+        by_scope: dict[ScopeBase, dict[KvsKey, Any]] = {scope: {} for scope in self.cache}
         for key, value in kv_dict.items():
             scope_cache, checked = self._scope_cache(key)
-            by_scope.setdefault(scope_cache.scope, {})[checked] = value
+            by_scope[scope_cache.scope][checked] = value
         if self.read_only:
             return
-        writes = [self.cache[scope].plan_set(items) for scope, items in by_scope.items()]
+        # Scopes are written in one fixed order, so two requests of one learner lock rows
+        # in the same order.
+        writes = [self.cache[scope].plan_set(items) for scope, items in by_scope.items() if items]
         try:
             self._run(writes)
         except DatabaseError as exc:
             raise KeyValueMultiSaveError([]) from exc
 
-    def delete(self, key: Key) -> None:
+    def delete(self, key: KvsKey) -> None:
         """Delete the value of ``key``; ``KeyError`` if it has none."""
         scope_cache, key = self._scope_cache(key)
-        write = scope_cache.plan_delete(key)
-        if not self.read_only:
-            self._run([write])
+        if self.read_only:
+            return  # before the lookup, as Open edX: a missing key is no error either
+        self._run([scope_cache.plan_delete(key)])
 
     def _run(self, writes: list[_Write]) -> None:
-        several = len(writes) > 1 or any(write.several_statements for write in writes)
-        # Several statements run in one transaction. It joins the caller's transaction if there
-        # is one, as Django's own multi-statement writes do: a failure rolls back all of it.
-        atomic = several and self.persistent
-        with transaction.atomic(storage.state_alias(), savepoint=False) if atomic else nullcontext():
+        """Run ``writes`` all-or-nothing, then record them in the cache."""
+        if len(writes) > 1 and self.persistent:
+            # Several scopes: one transaction. It joins the caller's transaction if there is
+            # one, as Django's own multi-statement writes do; else kvstate owns it and retries
+            # it whole after a deadlock, like a single-scope write.
+            using = storage.state_alias()
+
+            def attempt() -> list[Any]:
+                with transaction.atomic(using, savepoint=False):
+                    return [write.run() for write in writes]
+
+            in_transaction = connections[using].in_atomic_block
+            results = attempt() if in_transaction else storage.retrying_conflicts(using, attempt)
+        else:
             results = [write.run() for write in writes]
         for write, result in zip(writes, results, strict=True):
             write.remember(result)
 
-    def _scope_cache(self, key: Key) -> tuple[_ScopeCache, Key]:
+    def _scope_cache(self, key: KvsKey) -> tuple[_ScopeCache, KvsKey]:
         """Return the cache of ``key``'s scope and the key with its named scope; or raise."""
         scope = user_scope(key.scope)
         check_field_name(key.field_name)
@@ -601,8 +629,9 @@ def _aside_fields(aside: Any) -> Iterable[Field] | None:
     try:
         return list(XBlockAside.load_class(aside).fields.values())
     except PluginMissingError:
-        log.warning("kvstate: aside type %r is not installed; prefetching its user_state only",
-                    aside)
+        log.warning(
+            "kvstate: aside type %r is not installed; prefetching its user_state only", aside
+        )
         return None
 
 
@@ -617,23 +646,23 @@ class DjangoKeyValueStore(KeyValueStore):  # type: ignore[misc]  # XBlock ships 
     def __init__(self, field_data_cache: FieldDataCache) -> None:
         self._field_data_cache = field_data_cache
 
-    def get(self, key: Key) -> Any:
+    def get(self, key: KvsKey) -> Any:
         """Return the value of ``key``; ``KeyError`` if it has none."""
         return self._field_data_cache.get(key)
 
-    def set(self, key: Key, value: Any) -> None:
+    def set(self, key: KvsKey, value: Any) -> None:
         """Store ``value`` under ``key``."""
         self.set_many({key: value})
 
-    def set_many(self, kv_dict: Mapping[Key, Any]) -> None:
+    def set_many(self, kv_dict: Mapping[KvsKey, Any]) -> None:
         """Store all of ``kv_dict`` or raise ``KeyValueMultiSaveError`` (see FieldDataCache)."""
         self._field_data_cache.set_many(kv_dict)
 
-    def delete(self, key: Key) -> None:
+    def delete(self, key: KvsKey) -> None:
         """Delete the value of ``key``; ``KeyError`` if it has none."""
         self._field_data_cache.delete(key)
 
-    def has(self, key: Key) -> bool:
+    def has(self, key: KvsKey) -> bool:
         """Return whether ``key`` has a stored value."""
         return self._field_data_cache.has(key)
 

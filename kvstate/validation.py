@@ -49,9 +49,7 @@ def user_scope(scope: object) -> ScopeBase:
 def check_user(scope: ScopeBase, key_user_id: object, user_id: object) -> None:
     """Raise ``WrongUserError`` if a learner-scoped key belongs to another learner."""
     if scope in LEARNER_SCOPES and key_user_id != user_id:
-        raise WrongUserError(
-            f"key for user {key_user_id!r} used with a store for user {user_id!r}"
-        )
+        raise WrongUserError(f"key for user {key_user_id!r} used with a store for user {user_id!r}")
 
 
 def check_usage_key(value: object) -> UsageKey:
@@ -96,7 +94,11 @@ def to_json(value: Any, field_name: str) -> str:
     except TypeError as exc:
         raise TypeError(f"value of field {field_name!r} is not JSON-serialisable: {exc}") from exc
     except ValueError as exc:
-        raise ValueError(f"value of field {field_name!r} cannot be stored: {exc}") from exc
+        # allow_nan=False reports NaN and Infinity as "Out of range float values".
+        raise ValueError(
+            f"value of field {field_name!r} cannot be stored: {exc}. JSON has no NaN or "
+            "Infinity: store None or a string instead"
+        ) from exc
     check_size(f"value of field {field_name!r}", text)
     return text
 

@@ -88,9 +88,8 @@ def _aside_usage_keys(usage_id: UsageKey, aside_type: str) -> tuple[UsageKey, Us
 
 @dataclass(frozen=True)
 class _Write:
-    """A write one scope cache prepared: which field names it saves, how to run and record it."""
+    """A write one scope cache prepared and checked: how to run it, and to record its result."""
 
-    field_names: list[str]
     run: Callable[[], Any]
     remember: Callable[[Any], None]
 
@@ -171,17 +170,15 @@ class UserStateCache(_ScopeCache):
             to_json(value, key.field_name)  # reject what JSON cannot hold, before any SQL
             sets.setdefault(self._target(key).check(), {})[key.field_name] = value
         changes = {target: StateChange(set_fields=values) for target, values in sets.items()}
-        return self._plan(changes, [key.field_name for key in items])
+        return self._plan(changes)
 
     def plan_delete(self, key: KvsKey) -> _Write:
         if not self.has(key):
             raise KeyError(key.field_name)
         target = self._target(key)
-        return self._plan(
-            {target: StateChange(delete_fields=frozenset({key.field_name}))}, [key.field_name]
-        )
+        return self._plan({target: StateChange(delete_fields=frozenset({key.field_name}))})
 
-    def _plan(self, changes: Mapping[Target, StateChange], names: list[str]) -> _Write:
+    def _plan(self, changes: Mapping[Target, StateChange]) -> _Write:
         known = {t: self._rows[t.stored] for t in changes if t.stored in self._rows}
         # Build every new state now, so that one over the size limit is refused before any
         # statement of any scope runs. (The write engine builds them again from what it
@@ -209,7 +206,7 @@ class UserStateCache(_ScopeCache):
             for target, row in rows.items():
                 self._rows[target.stored] = row
 
-        return _Write(names, run, remember)
+        return _Write(run, remember)
 
 
 class _FieldCache(_ScopeCache):
@@ -280,7 +277,7 @@ class _FieldCache(_ScopeCache):
         return found[1] if found is not None else None
 
     def plan_set(self, items: Mapping[KvsKey, Any]) -> _Write:
-        objs: dict[tuple[str, str], Model] = {}
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
         values: dict[tuple[str, str], Any] = {}
         for key, value in items.items():
             check_field_name(key.field_name, self.model.FIELD_NAME_MAX_LENGTH)  # type: ignore[attr-defined]
@@ -290,27 +287,25 @@ class _FieldCache(_ScopeCache):
                 check_length(self.owner_field, stored_owner, self.owner_max_length)
             cache_key = (stored_owner, key.field_name)
             text = to_json(value, key.field_name)
-            fields = {"field_name": key.field_name, "value": text, **self.row_filter()}
+            rows[cache_key] = {"field_name": key.field_name, "value": text, **self.row_filter()}
             if self.owner_field is not None:
-                fields[self.owner_field] = owner
-            objs[cache_key] = self.model(**fields)
+                rows[cache_key][self.owner_field] = owner
             values[cache_key] = json.loads(text)
-        names = [key.field_name for key in items]
 
         def run() -> dict[tuple[str, str], datetime]:
-            if self.persistent:
-                storage.upsert_fields(
-                    router.db_for_write(self.model), self.model, list(objs.values())
-                )
-                return {k: obj.modified for k, obj in objs.items()}  # type: ignore[attr-defined]
-            now = timezone.now()
-            return dict.fromkeys(objs, now)
+            if not self.persistent:
+                return dict.fromkeys(rows, timezone.now())
+            # New instances on every run: a retried transaction must not reuse ids that the
+            # rolled-back attempt was given.
+            objs = {cache_key: self.model(**fields) for cache_key, fields in rows.items()}
+            storage.upsert_fields(router.db_for_write(self.model), self.model, list(objs.values()))
+            return {k: obj.modified for k, obj in objs.items()}  # type: ignore[attr-defined]
 
         def remember(modified: dict[tuple[str, str], datetime]) -> None:
             for cache_key, when in modified.items():
                 self._values[cache_key] = (values[cache_key], when)
 
-        return _Write(names, run, remember)
+        return _Write(run, remember)
 
     def plan_delete(self, key: KvsKey) -> _Write:
         cache_key = self._cache_key(key)
@@ -327,7 +322,7 @@ class _FieldCache(_ScopeCache):
         def remember(_: None) -> None:
             del self._values[cache_key]
 
-        return _Write([key.field_name], run, remember)
+        return _Write(run, remember)
 
 
 class UserStateSummaryCache(_FieldCache):

@@ -185,7 +185,8 @@ class TestMultiScopeFailures(FaultTestCase):
         deadlock = OperationalError("injected deadlock")
         deadlock.__cause__ = cause
         storage.stats.reset()
-        pattern = r"^INSERT INTO .courseware_xmodulestudentprefsfield"
+        # user_info is written last: the first attempt's other three statements roll back too.
+        pattern = r"^INSERT INTO .courseware_xmodulestudentinfofield"
         if connections["default"].vendor == "sqlite":
             saved = self.set_many_failing(kv_dict, pattern, times=1, error=deadlock)
             self.assert_truthful(saved, kv_dict)

@@ -481,3 +481,26 @@ class TestBuilding(TestCase):
         user = UserFactory()
         assert key(block(usage(), user.pk), "theme") == prefs_key("theme", user.pk)
         assert NoteAside.entry_point == "xblock_asides.v1"
+
+
+class TestBranchedKeys(TestCase):
+    """Usage keys carrying a branch or version are stored, and found, without them."""
+
+    databases = DATABASES
+
+    def test_branch_is_ignored(self) -> None:
+        user = UserFactory()
+        branched_course = COURSE_KEY.for_branch("draft-branch")
+        branched = usage("p1", course=branched_course)
+        StudentModuleFactory(student=user, module_state_key=usage(), state='{"answer": 1}')
+        UserStateSummaryFactory(usage_id=usage(), field_name="tally")
+        the_block = block(branched, user.pk)
+        cache = FieldDataCache([the_block], COURSE_KEY, user)
+        assert cache.get(key(the_block, "answer")) == 1
+        assert cache.get(key(the_block, "tally")) == "old_value"
+        with self.captureOnCommitCallbacks(using="default", execute=True):
+            cache.set_many({key(the_block, "answer"): 2, key(the_block, "tally"): 3})
+        assert json.loads(StudentModule.objects.get().state) == {"answer": 2}
+        assert XModuleUserStateSummaryField.objects.get().value == "3"
+        fresh = rebuilt(cache, [block(usage(), user.pk)])
+        assert (fresh.get(key(the_block, "answer")), fresh.get(key(the_block, "tally"))) == (2, 3)

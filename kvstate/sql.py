@@ -86,7 +86,6 @@ class UseExactCollation(Operation):
         return "Use an exact (binary, no-pad) collation for name and key columns on MySQL/MariaDB"
 
 
-
 # Limits ------------------------------------------------------------------------------------
 
 #: Bound for backends whose driver interpolates parameters client-side (psycopg's default
@@ -179,6 +178,7 @@ def compare_and_swap_states(
         else:
             conditions.append(f"({id_col} = %s AND {binary_equals(connection, state_col)})")
             where_params += [row_id, old]
+    new_params: list[Any]
     if len(swaps) == 1:
         new_sql, new_params = "%s", [swaps[0][2]]
     else:
@@ -207,8 +207,10 @@ def is_retryable_conflict(connection: BaseDatabaseWrapper, exc: BaseException) -
         # deadlock_detected, serialization_failure
         return getattr(cause, "sqlstate", None) in {"40P01", "40001"}
     if connection.vendor == "mysql":
-        args = getattr(cause, "args", ())
-        return bool(args) and args[0] == 1213  # ER_LOCK_DEADLOCK
+        args: tuple[Any, ...] = getattr(cause, "args", ())
+        # ER_LOCK_DEADLOCK; ER_CHECKREAD, MariaDB's serialization failure under REPEATABLE READ
+        # with innodb_snapshot_isolation (the default from MariaDB 11.6).
+        return bool(args) and args[0] in {1213, 1020}
     return False
 
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import random
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -37,8 +40,12 @@ T = TypeVar("T")
 #: Give up after this many lost compare-and-swap rounds in a row. Each lost round means another
 #: writer committed in between, so the system as a whole keeps making progress.
 MAX_SWAP_ROUNDS = 50
-#: A deadlock rolls back the whole transaction; retry it this many times when kvstate owns it.
-MAX_CONFLICT_RETRIES = 3
+#: A deadlock or serialization failure rolls back the whole transaction; retry it this many
+#: times when kvstate owns it. Like a lost swap, each one means another writer won.
+MAX_CONFLICT_RETRIES = 10
+#: Upper bound of the random pause before retrying a conflict, in seconds. Two transactions
+#: that deadlocked and restart at the same instant tend to deadlock again.
+MAX_CONFLICT_PAUSE = 0.05
 
 _MODULE_COLUMNS = (
     "id",
@@ -55,14 +62,26 @@ _MODULE_COLUMNS = (
 
 @dataclass
 class Stats:
-    """Process-wide tallies of what the engine had to retry (benchmarks and tests read them)."""
+    """Process-wide tallies of what the engine had to retry (benchmarks and tests read them).
+
+    ``swaps_lost``: compare-and-swap rounds in which another writer changed a row first;
+    ``inserts_lost``: rows another writer created first; ``transactions_retried``: whole
+    writes run again after a deadlock or serialization failure.
+    """
 
     swaps_lost: int = 0
     inserts_lost: int = 0
     transactions_retried: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, tally: str, count: int = 1) -> None:
+        """Add ``count`` to ``tally`` (writers in several threads share one ``Stats``)."""
+        with self._lock:
+            setattr(self, tally, getattr(self, tally) + count)
 
     def reset(self) -> None:
-        self.swaps_lost = self.inserts_lost = self.transactions_retried = 0
+        with self._lock:
+            self.swaps_lost = self.inserts_lost = self.transactions_retried = 0
 
 
 stats = Stats()
@@ -115,8 +134,9 @@ class ModuleRow:
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
         """Build from a ``values_list(*_MODULE_COLUMNS)`` tuple."""
         row_id, _usage, _course, module_type, text, grade, max_grade, created, modified = values
-        return cls(row_id, text, grade, max_grade, created, modified, module_type,
-                   parse_state(text))
+        return cls(
+            row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
+        )
 
     @property
     def visible(self) -> bool:
@@ -166,11 +186,10 @@ class StateChange:
 @functools.lru_cache(maxsize=4096)
 def row_key(usage_key: object, course_id: object) -> tuple[str, str]:
     """Return the stored strings that identify a row (branch and version stripped)."""
-    opts = StudentModule._meta
-    return (
-        str(opts.get_field("module_state_key").get_prep_value(usage_key)),
-        str(opts.get_field("course_id").get_prep_value(course_id)),
-    )
+    # opaque-keys' fields are untyped.
+    usage_field: Any = StudentModule._meta.get_field("module_state_key")
+    course_field: Any = StudentModule._meta.get_field("course_id")
+    return str(usage_field.get_prep_value(usage_key)), str(course_field.get_prep_value(course_id))
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -258,7 +277,11 @@ def write_user_states(
 
 
 def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` (which owns its transaction), retrying it whole after a deadlock."""
+    """Run ``fn`` (which owns its transaction), retrying it whole after a deadlock.
+
+    Serialization failures (REPEATABLE READ and stricter) are retried likewise. Lock wait
+    timeouts are not: they surface (SPEC §4).
+    """
     connection = connections[using]
     for attempt in range(MAX_CONFLICT_RETRIES + 1):
         try:
@@ -266,8 +289,9 @@ def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
         except DatabaseError as exc:
             if attempt == MAX_CONFLICT_RETRIES or not sql.is_retryable_conflict(connection, exc):
                 raise
-            stats.transactions_retried += 1
-            log.warning("kvstate: transaction conflict writing user state, retrying: %s", exc)
+            stats.add("transactions_retried")
+            log.info("kvstate: transaction conflict writing learner state, retrying: %s", exc)
+            time.sleep(random.uniform(0, MAX_CONFLICT_PAUSE))
     raise AssertionError("unreachable")
 
 
@@ -279,10 +303,12 @@ def _merge(
 ) -> dict[Target, ModuleRow]:
     """Insert the missing rows, swap the present ones, and merge again where a race was lost."""
     connection = connections[using]
-    now = timezone.now()
     done: dict[Target, ModuleRow] = {}
     todo = dict(sorted(changes.items(), key=lambda item: item[0].stored))
     for _round in range(MAX_SWAP_ROUNDS):
+        # Taken after the rows were (re-)read, so a row's ``modified`` (and its history's
+        # ``created``) never goes back in time: whoever wrote what we read stamped it earlier.
+        now = timezone.now()
         for target in [t for t in todo if t not in known and not todo[t].creates]:
             del todo[target]  # a delete on a row that does not exist: nothing to do
         if not todo:
@@ -296,15 +322,18 @@ def _merge(
             lost = [t for t in inserts if t not in created]
             if lost:
                 # Another writer created these rows between our read and our insert.
-                stats.inserts_lost += len(lost)
+                stats.add("inserts_lost", len(lost))
                 known.update(fetch_modules(using, student_id, lost, lock=_lock_reads(using)))
         if swaps:
             swapped = _swap(connection, student_id, swaps, known, now)
             done.update(swapped)
             if len(swapped) < len(swaps):
-                stats.swaps_lost += 1
-                log.debug("kvstate: %d of %d swaps lost a race; merging again",
-                          len(swaps) - len(swapped), len(swaps))
+                stats.add("swaps_lost")
+                log.debug(
+                    "kvstate: %d of %d swaps lost a race; merging again",
+                    len(swaps) - len(swapped),
+                    len(swaps),
+                )
         todo = {t: c for t, c in todo.items() if t not in done}
         if not todo:
             return done
@@ -321,21 +350,32 @@ def _insert(
     now: datetime,
 ) -> dict[Target, ModuleRow]:
     """Insert a row for each target of ``texts``; return those this statement created."""
-    columns = ("module_type", "module_id", "student_id", "course_id", "state", "done",
-               "created", "modified")
+    columns = (
+        "module_type",
+        "module_id",
+        "student_id",
+        "course_id",
+        "state",
+        "done",
+        "created",
+        "modified",
+    )
     table = StudentModule._meta.db_table
     targets = list(texts)
     inserted: dict[tuple[Any, ...], int] = {}
     for chunk in chunked(targets, sql.max_query_params(connection) // len(columns)):
-        rows = [(t.module_type, t.stored[0], student_id, t.stored[1], texts[t], "na", now, now)
-                for t in chunk]
+        rows = [
+            (t.module_type, t.stored[0], student_id, t.stored[1], texts[t], "na", now, now)
+            for t in chunk
+        ]
         ids = sql.insert_modules(connection, table, columns, rows, ("module_id", "course_id"))
         if ids is None:
             ids = _created_by_us(connection.alias, student_id, chunk, texts, now)
         inserted.update(ids)
     return {
-        t: ModuleRow(inserted[t.stored], texts[t], None, None, now, now, t.module_type,
-                     parse_state(texts[t]))
+        t: ModuleRow(
+            inserted[t.stored], texts[t], None, None, now, now, t.module_type, parse_state(texts[t])
+        )
         for t in targets
         if t.stored in inserted
     }
@@ -348,7 +388,7 @@ def _swap(
     known: dict[Target, ModuleRow],
     now: datetime,
 ) -> dict[Target, ModuleRow]:
-    """Compare-and-swap the rows of ``texts``; return those swapped, refresh ``known`` for the rest."""
+    """Compare-and-swap the rows of ``texts``; return those swapped, refresh ``known`` else."""
     table = StudentModule._meta.db_table
     targets = list(texts)
     swaps = [(known[t].id, known[t].state_text, texts[t]) for t in targets]
@@ -435,8 +475,16 @@ def write_score(
                 unique_fields=_unique_fields(connection, StudentModule),
             )
             if not recorded:
-                return ModuleRow(None, None, grade, max_grade, module.created, module.modified,
-                                 target.module_type, {})
+                return ModuleRow(
+                    None,
+                    None,
+                    grade,
+                    max_grade,
+                    module.created,
+                    module.modified,
+                    target.module_type,
+                    {},
+                )
             row = fetch_modules(using, student_id, [target])[target]
             history.record([row], state_using=using)
         return row
@@ -457,17 +505,48 @@ def _unique_fields(connection: Any, model: type[Model]) -> list[str] | None:
 
 
 def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None:
-    """Insert or update per-field rows in one statement."""
+    """Insert or update per-field rows in one statement.
+
+    Rows go in the order of their unique key, so two writers lock them in the same order.
+    Retried whole after a deadlock or serialization failure when kvstate owns the transaction
+    (concurrent upserts of new rows can deadlock on MariaDB, and fail to serialize on
+    PostgreSQL under REPEATABLE READ).
+    """
     if not objs:
         return
-    model._default_manager.using(using).bulk_create(
-        objs,
-        update_conflicts=True,
-        update_fields=["value", "modified"],
-        unique_fields=_unique_fields(connections[using], model),
-    )
+    connection = connections[using]
+    unique = _unique_attnames(model)
+    ordered = sorted(objs, key=lambda obj: tuple(str(getattr(obj, name)) for name in unique))
+
+    def upsert() -> None:
+        model._default_manager.using(using).bulk_create(
+            ordered,
+            update_conflicts=True,
+            update_fields=["value", "modified"],
+            unique_fields=_unique_fields(connection, model),
+        )
+
+    _retrying_unless_atomic(using, upsert)
 
 
 def delete_fields(using: str, model: type[Model], condition: Q) -> None:
     """Delete the per-field rows matching ``condition`` in one statement."""
-    model._default_manager.using(using).filter(condition).delete()
+
+    def delete() -> None:
+        model._default_manager.using(using).filter(condition).delete()
+
+    _retrying_unless_atomic(using, delete)
+
+
+def _unique_attnames(model: type[Model]) -> list[str]:
+    unique = next(c for c in model._meta.constraints if hasattr(c, "fields"))
+    return [model._meta.get_field(name).attname for name in unique.fields]  # type: ignore[union-attr]
+
+
+def _retrying_unless_atomic(using: str, fn: Callable[[], None]) -> None:
+    # Inside the caller's transaction a conflict has already rolled back more than ``fn``
+    # did: only the transaction's owner can retry.
+    if connections[using].in_atomic_block:
+        fn()
+    else:
+        retrying_conflicts(using, fn)

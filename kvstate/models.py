@@ -8,18 +8,54 @@ preferences and user_info rows.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Self, TypeVar
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Func, Q, Value
+from django.db.models.lookups import GreaterThan
 from opaque_keys.edx.django.models import (
     BlockTypeKeyField,
     LearningContextKeyField,
     UsageKeyField,
 )
 
+_M = TypeVar("_M", bound=models.Model)
 
-class StudentModuleQuerySet(models.QuerySet["StudentModule"]):
+
+class _Row(Func):
+    """A SQL row value, ``(a, b, ...)``, compared column by column as a whole."""
+
+    template = "(%(expressions)s)"
+    output_field = models.Field()
+
+
+class _KeysetQuerySet(models.QuerySet[_M]):
+    """Pagination by keyset: each page starts after the last key of the previous one."""
+
+    def after(self, order: Sequence[str], last: Sequence[Any]) -> Self:
+        """Return the rows whose ``order`` columns sort after the values ``last`` (ascending).
+
+        The condition is written twice, meaning the same: as a row comparison
+        ``(a, b) > (x, y)``, which PostgreSQL and SQLite turn into an index range, and as
+        ``a > x OR (a = x AND b > y)``, which MySQL/MariaDB's range optimizer reads (it does not
+        open a range for a row comparison). Each backend checks the other form as a cheap
+        filter on the rows its index range already selected, so a page costs its own rows,
+        never the rows of the pages before it.
+        """
+        if len(order) != len(last):
+            raise ValueError(f"keyset {list(last)!r} does not match the ordering {list(order)!r}")
+        if len(order) == 1:
+            return self.filter(**{f"{order[0]}__gt": last[0]})
+        expanded = Q(**{f"{order[-1]}__gt": last[-1]})
+        for name, value in zip(reversed(order[:-1]), reversed(last[:-1]), strict=True):
+            expanded = Q(**{f"{name}__gt": value}) | (Q(**{name: value}) & expanded)
+        row = GreaterThan(_Row(*(F(name) for name in order)), _Row(*map(Value, last)))
+        return self.filter(row, expanded)
+
+
+class StudentModuleQuerySet(_KeysetQuerySet["StudentModule"]):
     """Queries over learners' per-block state."""
 
     def for_user(self, user_id: int) -> StudentModuleQuerySet:
@@ -42,7 +78,7 @@ class StudentModule(models.Model):
         default="problem",
         help_text="Block type of the usage (the usage key's block_type).",
     )
-    module_state_key = UsageKeyField(
+    module_state_key = UsageKeyField(  # type: ignore[no-untyped-call]
         max_length=KEY_MAX_LENGTH,
         db_column="module_id",
         case_sensitive=True,
@@ -55,12 +91,13 @@ class StudentModule(models.Model):
         db_index=False,
         help_text="The learner. No database constraint, as in Open edX.",
     )
-    course_id = LearningContextKeyField(
+    course_id = LearningContextKeyField(  # type: ignore[no-untyped-call]
         max_length=KEY_MAX_LENGTH,
         case_sensitive=True,
         help_text="Learning context (course or library) of the block.",
     )
-    state = models.TextField(
+    # NULL and '' differ here (SPEC §3), and Open edX's column is NULL-able.
+    state = models.TextField(  # noqa: DJ001
         null=True,
         blank=True,
         help_text=(
@@ -90,8 +127,15 @@ class StudentModule(models.Model):
         ]
         indexes = [
             models.Index(fields=["module_type"], name="courseware_sm_module_type"),
-            models.Index(fields=["module_state_key"], name="courseware_sm_module_id"),
-            models.Index(fields=["course_id", "module_type"], name="courseware_sm_course_type"),
+            # The trailing id lets a keyset page (iter_all_for_block: module_id = %s AND
+            # id > %s ORDER BY id) read the index in order and stop at the page size, on
+            # PostgreSQL too (InnoDB appends the primary key to every secondary index anyway).
+            models.Index(fields=["module_state_key", "id"], name="courseware_sm_module_id"),
+            # Likewise for iter_all_for_course: course_id = %s [AND module_type = %s], pages
+            # ordered by (module_type, id) or, with a block type, by id.
+            models.Index(
+                fields=["course_id", "module_type", "id"], name="courseware_sm_course_type"
+            ),
             models.Index(fields=["grade"], name="courseware_sm_grade"),
             models.Index(fields=["created"], name="courseware_sm_created"),
             models.Index(fields=["modified"], name="courseware_sm_modified"),
@@ -101,7 +145,7 @@ class StudentModule(models.Model):
         return f"StudentModule<{self.student_id}, {self.module_state_key}>"
 
 
-class StudentModuleHistoryQuerySet(models.QuerySet["StudentModuleHistory"]):
+class StudentModuleHistoryQuerySet(_KeysetQuerySet["StudentModuleHistory"]):
     """Queries over state history."""
 
     def for_module(self, student_module_id: int) -> StudentModuleHistoryQuerySet:
@@ -125,11 +169,14 @@ class StudentModuleHistory(models.Model):
         related_name="+",
         help_text="The module this snapshot is of (may live on another database).",
     )
-    version = models.CharField(
+    # Open edX's columns are NULL-able; kvstate shares the table.
+    version = models.CharField(  # noqa: DJ001
         max_length=255, null=True, blank=True, help_text="Optional version label."
     )
     created = models.DateTimeField(help_text="The module's 'modified' at the time of the write.")
-    state = models.TextField(null=True, blank=True, help_text="The module's full state then.")
+    state = models.TextField(  # noqa: DJ001
+        null=True, blank=True, help_text="The module's full state then (NULL: never stored)."
+    )
     grade = models.FloatField(null=True, blank=True, help_text="The module's grade then.")
     max_grade = models.FloatField(null=True, blank=True, help_text="The module's max_grade then.")
 
@@ -138,8 +185,10 @@ class StudentModuleHistory(models.Model):
     class Meta:
         db_table = "coursewarehistoryextended_studentmodulehistoryextended"
         indexes = [
+            # get_history (newest first) and pruning's "newest K per module".
             models.Index(fields=["student_module", "created"], name="smhe_module_created"),
-            models.Index(fields=["created"], name="smhe_created"),
+            # Pruning walks rows older than a cutoff in (created, id) keyset pages.
+            models.Index(fields=["created", "id"], name="smhe_created"),
             models.Index(fields=["version"], name="smhe_version"),
         ]
 
@@ -173,7 +222,7 @@ class XModuleUserStateSummaryField(_PerFieldBase):
     """
 
     id = models.BigAutoField(primary_key=True)
-    usage_id = UsageKeyField(
+    usage_id = UsageKeyField(  # type: ignore[no-untyped-call]
         max_length=255, case_sensitive=True, help_text="Usage key of the block."
     )
 
@@ -201,7 +250,7 @@ class XModuleStudentPrefsField(_PerFieldBase):
     BLOCK_TYPE_MAX_LENGTH = 64
 
     id = models.BigAutoField(primary_key=True)
-    module_type = BlockTypeKeyField(
+    module_type = BlockTypeKeyField(  # type: ignore[no-untyped-call]
         max_length=BLOCK_TYPE_MAX_LENGTH,
         db_column="module_type",
         case_sensitive=True,

@@ -66,6 +66,8 @@ class Table:
     indexed: tuple[str, ...] = ()
     no_db_constraint: tuple[str, ...] = ()
     exact: tuple[str, ...] = ()
+    #: Indexes kvstate's own queries rely on, by exact column list (keyset pagination).
+    composite: tuple[tuple[str, ...], ...] = ()
 
 
 _PER_FIELD = {
@@ -95,6 +97,9 @@ SPEC_TABLES: dict[str, Table] = {
         indexed=("module_type", "course_id", "grade", "created", "modified"),
         no_db_constraint=("student_id",),
         exact=("module_type", "module_id", "course_id"),
+        # iter_all_for_block pages by id within a block; iter_all_for_course by
+        # (module_type, id) within a course, or by id within a course and block type.
+        composite=(("module_id", "id"), ("course_id", "module_type", "id")),
     ),
     "courseware_xmoduleuserstatesummaryfield": Table(
         alias="default",
@@ -135,6 +140,8 @@ SPEC_TABLES: dict[str, Table] = {
         },
         indexed=("student_module_id", "created"),
         no_db_constraint=("student_module_id",),
+        # get_history and prune's "newest K per module"; prune's (created, id) keyset.
+        composite=(("student_module_id", "created"), ("created", "id")),
     ),
 }
 
@@ -241,6 +248,17 @@ class SchemaTests(TestCase):
             for column in spec.indexed:
                 if column not in leading:
                     mismatches.append((table, column))
+        assert mismatches == []
+
+    def test_keyset_pages_have_indexes_in_their_order(self) -> None:
+        mismatches = []
+        for table, spec in SPEC_TABLES.items():
+            indexes = {
+                tuple(c["columns"])
+                for c in self._constraints(spec.alias, table).values()
+                if c["index"] or c["unique"]
+            }
+            mismatches += [(table, cols) for cols in spec.composite if cols not in indexes]
         assert mismatches == []
 
     def test_no_foreign_key_constraints_where_open_edx_has_none(self) -> None:

@@ -42,7 +42,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(primary_key=True, serialize=False)),
                 ('version', models.CharField(blank=True, help_text='Optional version label.', max_length=255, null=True)),
                 ('created', models.DateTimeField(help_text="The module's 'modified' at the time of the write.")),
-                ('state', models.TextField(blank=True, help_text="The module's full state then.", null=True)),
+                ('state', models.TextField(blank=True, help_text="The module's full state then (NULL: never stored).", null=True)),
                 ('grade', models.FloatField(blank=True, help_text="The module's grade then.", null=True)),
                 ('max_grade', models.FloatField(blank=True, help_text="The module's max_grade then.", null=True)),
                 ('student_module', models.ForeignKey(db_constraint=False, db_index=False, help_text='The module this snapshot is of (may live on another database).', on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='kvstate.studentmodule')),
@@ -102,11 +102,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='studentmodule',
-            index=models.Index(fields=['module_state_key'], name='courseware_sm_module_id'),
+            index=models.Index(fields=['module_state_key', 'id'], name='courseware_sm_module_id'),
         ),
         migrations.AddIndex(
             model_name='studentmodule',
-            index=models.Index(fields=['course_id', 'module_type'], name='courseware_sm_course_type'),
+            index=models.Index(fields=['course_id', 'module_type', 'id'], name='courseware_sm_course_type'),
         ),
         migrations.AddIndex(
             model_name='studentmodule',
@@ -130,7 +130,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='studentmodulehistory',
-            index=models.Index(fields=['created'], name='smhe_created'),
+            index=models.Index(fields=['created', 'id'], name='smhe_created'),
         ),
         migrations.AddIndex(
             model_name='studentmodulehistory',

@@ -38,11 +38,12 @@ class _KeysetQuerySet(models.QuerySet[_M]):
         """Return the rows whose ``order`` columns sort after the values ``last`` (ascending).
 
         The condition is written twice, meaning the same: as a row comparison
-        ``(a, b) > (x, y)``, which PostgreSQL and SQLite turn into an index range, and as
+        ``(a, b) > (x, y)``, which PostgreSQL turns into an index range, and as
         ``a > x OR (a = x AND b > y)``, which MySQL/MariaDB's range optimizer reads (it does not
-        open a range for a row comparison). Each backend checks the other form as a cheap
-        filter on the rows its index range already selected, so a page costs its own rows,
-        never the rows of the pages before it.
+        open a range for a row comparison). Each checks the other form as a cheap filter on
+        the rows its range selected, so a page costs its own rows, not those of the pages
+        before it. SQLite ranges on ``a`` only when ``b`` is the rowid, so there a page also
+        skips the earlier rows that share its ``a``.
         """
         if len(order) != len(last):
             raise ValueError(f"keyset {list(last)!r} does not match the ordering {list(order)!r}")

@@ -1,18 +1,25 @@
-"""Writing, reading and deleting StudentModule history: the one place that knows about it.
+"""Writing, reading, pruning and deleting StudentModule history: the one place that knows about it.
 
 One history row per StudentModule per write call, for the block types in
 ``KVSTATE_HISTORY_BLOCK_TYPES``. When history shares the state's database it is written in the
-state's transaction; on its own database it is written once the state has committed, and a
-failure there is logged, never raised: the learner's write stands.
+state's transaction, so a rolled-back write leaves none. On its own database it is written once
+the state has committed (there is no two-phase commit across databases), and a failure there is
+logged with the module ids, never raised: the learner's write stands.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, connections, router, transaction
+from django.db import Error, connections, router, transaction
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete
 
 from kvstate.conf import settings
@@ -25,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def alias() -> str:
-    """Return the database alias history is written to."""
+    """Return the database alias history is read from and written to (the router decides)."""
     return router.db_for_write(StudentModuleHistory)
 
 
@@ -35,11 +42,16 @@ def records(module_type: str) -> bool:
     return block_types is None or module_type in block_types
 
 
+# Writing -----------------------------------------------------------------------------------
+
+
 def record(rows: Sequence[ModuleRow], *, state_using: str) -> None:
     """Write one history row per StudentModule row in ``rows``, in one statement.
 
-    Same database as the state: now, inside the caller's transaction. Another database: after
-    the state's transaction commits (at once when there is none).
+    Each row is the module as the write call left it: full state, grade and max_grade, and its
+    ``modified`` as the entry's ``created``. Same database as the state: now, inside the
+    caller's transaction. Another database: after the state's transaction commits (at once
+    when none is open), and never at all when it rolls back.
     """
     entries = [
         StudentModuleHistory(
@@ -50,6 +62,7 @@ def record(rows: Sequence[ModuleRow], *, state_using: str) -> None:
             max_grade=row.max_grade,
         )
         for row in rows
+        if row.id is not None
     ]
     if not entries:
         return
@@ -57,24 +70,39 @@ def record(rows: Sequence[ModuleRow], *, state_using: str) -> None:
     if history_using == state_using:
         StudentModuleHistory.objects.using(history_using).bulk_create(entries)
     else:
-        transaction.on_commit(lambda: _write_detached(history_using, entries), using=state_using)
+        # robust: whatever _write_detached does not catch is logged by Django, not raised into
+        # the caller, whose write has committed by then.
+        transaction.on_commit(
+            partial(_write_detached, history_using, entries), using=state_using, robust=True
+        )
 
 
 def _write_detached(using: str, entries: list[StudentModuleHistory]) -> None:
-    try:
+    """Write history on its own database; log a failure (with the module ids) and go on."""
+    with _logged_failure(
+        "could not write history for StudentModule ids %s on database %r; "
+        "the state itself was saved",
+        [entry.student_module_id for entry in entries],
+        using,
+    ):
         StudentModuleHistory.objects.using(using).bulk_create(entries)
-    except DatabaseError:
-        module_ids = [entry.student_module_id for entry in entries]
-        log.exception(
-            "kvstate: could not write history for StudentModule ids %s on database %r; "
-            "the state itself was saved",
-            module_ids,
-            using,
-        )
+
+
+@contextmanager
+def _logged_failure(message: str, module_ids: list[int], using: str) -> Iterator[None]:
+    """Log (not raise) a database error from history work that follows a committed write."""
+    try:
+        yield
+    except Error:
+        log.exception("kvstate: " + message, module_ids, using)
         if connections[using].in_atomic_block:
-            # The statement failed inside someone's transaction on the history database:
-            # make sure it is rolled back rather than committed half-done.
+            # The statement failed inside someone else's transaction on the history database
+            # (PostgreSQL has aborted it already). Roll that back rather than commit it half
+            # done; the learner's state is on the other database and not affected.
             transaction.set_rollback(True, using=using)
+
+
+# Reading -----------------------------------------------------------------------------------
 
 
 def for_module(module_id: int) -> list[StudentModuleHistory]:
@@ -82,17 +110,112 @@ def for_module(module_id: int) -> list[StudentModuleHistory]:
     return list(StudentModuleHistory.objects.using(alias()).for_module(module_id))
 
 
-def _delete_with_module(sender: type[StudentModule], instance: StudentModule,
-                        using: str, **kwargs: Any) -> None:
-    """Delete a deleted module's history, after the deletion commits (it may be elsewhere)."""
-    module_id = instance.pk
-    delete: Callable[[], Any] = (
-        StudentModuleHistory.objects.using(alias()).filter(student_module_id=module_id).delete
+# Pruning -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PruneBatch:
+    """What one batch of :func:`prune` looked at and deleted."""
+
+    #: Rows older than the cutoff this batch looked at (at most the batch size).
+    examined: int
+    #: Rows it deleted (in a dry run: would have deleted). The others are among the newest
+    #: ``keep`` of their module.
+    deleted: int
+    #: ``(created, id)`` of the last row examined: the batch after starts past it.
+    last: tuple[datetime, int]
+
+
+def prune(
+    cutoff: datetime,
+    *,
+    keep: int = 0,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    using: str | None = None,
+) -> Iterator[PruneBatch]:
+    """Delete history rows created before ``cutoff``, keeping the newest ``keep`` per module.
+
+    Yields after each batch. A batch reads at most ``batch_size`` old rows in ``(created, id)``
+    order (one statement), reads which of them are among their module's newest ``keep`` (one
+    statement, only when ``keep``), and deletes the rest (one statement). Each statement
+    commits on its own, so batches are independent: stopping between (or inside) them loses
+    no work but the current batch, and running again carries on, since deleted rows are gone
+    and kept ones are kept again. ``dry_run`` deletes nothing and counts the same rows.
+    """
+    if keep < 0:
+        raise ValueError(f"keep={keep}: the number of rows to keep per module cannot be negative")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: a batch needs at least one row")
+    using = using or alias()
+    old = StudentModuleHistory.objects.using(using).filter(created__lt=cutoff)
+    order = ("created", "id")
+    last: tuple[datetime, int] | None = None
+    while True:
+        page = old if last is None else old.after(order, last)
+        rows = list(
+            page.order_by(*order).values_list("created", "id", "student_module_id")[:batch_size]
+        )
+        if not rows:
+            return
+        doomed = [row_id for _created, row_id, _module in rows]
+        if keep:
+            kept = _newest_ids(using, {module for _c, _i, module in rows}, keep)
+            doomed = [row_id for row_id in doomed if row_id not in kept]
+        if doomed and not dry_run:
+            StudentModuleHistory.objects.using(using).filter(id__in=doomed).delete()
+        last = (rows[-1][0], rows[-1][1])
+        yield PruneBatch(examined=len(rows), deleted=len(doomed), last=last)
+        if len(rows) < batch_size:
+            return
+
+
+def _newest_ids(using: str, module_ids: Collection[int], keep: int) -> set[int]:
+    """Return the ids of the newest ``keep`` history rows of each module, in one statement."""
+    ranked = (
+        StudentModuleHistory.objects.using(using)
+        .filter(student_module_id__in=module_ids)
+        .annotate(
+            newness=Window(
+                RowNumber(),
+                partition_by=[F("student_module_id")],
+                order_by=[F("created").desc(), F("id").desc()],
+            )
+        )
+        .filter(newness__lte=keep)
     )
-    if alias() == using:
-        delete()
+    return set(ranked.values_list("id", flat=True))
+
+
+# Deleting with the module ------------------------------------------------------------------
+
+
+def _delete_with_module(
+    sender: type[StudentModule], instance: StudentModule, using: str, **kwargs: Any
+) -> None:
+    """Delete a deleted module's history: at once on a shared database, else after commit."""
+    history_using = alias()
+    if history_using == using:
+        _delete_for_modules(history_using, [instance.pk])
     else:
-        transaction.on_commit(delete, using=using)
+        transaction.on_commit(
+            partial(_delete_detached, history_using, [instance.pk]), using=using, robust=True
+        )
+
+
+def _delete_for_modules(using: str, module_ids: Sequence[int]) -> None:
+    StudentModuleHistory.objects.using(using).filter(student_module_id__in=module_ids).delete()
+
+
+def _delete_detached(using: str, module_ids: list[int]) -> None:
+    # The module is gone (committed); say exactly which history is left over.
+    with _logged_failure(
+        "could not delete the history of deleted StudentModule ids %s on database %r; "
+        "delete those rows by hand (they hold learner data)",
+        module_ids,
+        using,
+    ):
+        _delete_for_modules(using, module_ids)
 
 
 def connect_signals() -> None:

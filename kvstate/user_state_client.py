@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.db import router
-from django.db.models import Q
 from edx_user_state_client.interface import XBlockUserState, XBlockUserStateClient
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 from xblock.fields import Scope, ScopeBase
 
 from kvstate import history, storage
-from kvstate.models import StudentModule
+from kvstate.models import StudentModule, StudentModuleQuerySet
 from kvstate.storage import StateChange, Target
 from kvstate.validation import check_field_name, check_usage_key, to_json
 
@@ -77,17 +76,15 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         """Yield the block's state after each write, newest first (``None`` once deleted).
 
         Raises ``DoesNotExist`` when the learner has no row for the block. Two statements
-        however long the history is.
+        however long the history is: the module's id (with the username, when this client has
+        not looked it up yet) and its history.
         """
         _check_scope(scope)
         target = Target.of(check_usage_key(block_key))
-        student_id = self._student_id(username)
-        row = None
-        if student_id is not None:
-            row = storage.fetch_modules(storage.state_alias(), student_id, [target]).get(target)
-        if row is None or row.id is None:
+        module_id = self._module_id(username, target)
+        if module_id is None:
             raise self.DoesNotExist(f"{username!r} has no state for {block_key}")
-        for entry in history.for_module(row.id):
+        for entry in history.for_module(module_id):
             state = storage.parse_state(entry.state) or None
             yield XBlockUserState(username, block_key, state, entry.created, scope)
 
@@ -97,8 +94,10 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         """Yield every learner's stored state for one block, page by page (no order promised)."""
         _check_scope(scope)
         target = Target.of(check_usage_key(block_key))
-        module_id, course_id = target.stored
-        rows = StudentModule.objects.filter(module_state_key=module_id, course_id=course_id)
+        rows = StudentModule.objects.filter(
+            module_state_key=target.usage_key, course_id=target.course_id
+        )
+        # Index (module_id, id) serves the pages in order.
         yield from self._iterate(rows, ("id",), scope)
 
     def iter_all_for_course(
@@ -110,37 +109,39 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         """Yield every stored state in a course (or of one block type in it), page by page."""
         _check_scope(scope)
         rows = StudentModule.objects.filter(course_id=course_key)
+        # Index (course_id, module_type, id) serves both orderings in order.
+        order: tuple[str, ...] = ("module_type", "id")
         if block_type is not None:
             rows = rows.filter(module_type=block_type)
-        yield from self._iterate(rows, ("module_type", "id"), scope)
+            order = ("id",)
+        yield from self._iterate(rows, order, scope)
 
     def _iterate(
-        self, rows: Any, order: Sequence[str], scope: ScopeBase
+        self, rows: StudentModuleQuerySet, order: Sequence[str], scope: ScopeBase
     ) -> Iterator[XBlockUserState]:
         """Walk ``rows`` in pages by keyset on ``order`` (no OFFSET), skipping empty states.
 
-        Each page is one statement that also brings the usernames; memory stays at one page.
+        Each page is one statement that also brings the usernames (a join, not a query per
+        learner); memory stays at one page. R rows take ceil(R / page) statements, plus one
+        that finds nothing when R is a multiple of the page size.
         """
         using = router.db_for_read(StudentModule)
         visible = rows.using(using).exclude(state__isnull=True).exclude(state=_DELETED)
         columns = ("module_state_key", "course_id", "student__username", "state", "modified")
+        size = self.iteration_page_size
         after: tuple[Any, ...] | None = None
         while True:
-            page_query = visible if after is None else visible.filter(_after(order, after))
-            page = list(
-                page_query.order_by(*order).values_list(*order, *columns)[
-                    : self.iteration_page_size
-                ]
-            )
+            page_query = visible if after is None else visible.after(order, after)
+            page = list(page_query.order_by(*order).values_list(*order, *columns)[:size])
             for values in page:
                 usage_key, course_id, username, text, modified = values[len(order) :]
                 state = storage.parse_state(text)
                 if state:
                     block_key = usage_key.map_into_course(course_id)
                     yield XBlockUserState(username, block_key, state, modified, scope)
-            if len(page) < self.iteration_page_size:
+            if len(page) < size:
                 return
-            after = page[-1][: len(order)]
+            after = tuple(page[-1][: len(order)])
 
     # Writing
 
@@ -210,6 +211,25 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
             self._user_ids[username] = found
         return self._user_ids[username]
 
+    def _module_id(self, username: str, target: Target) -> int | None:
+        """Return the id of ``username``'s row for ``target`` (None if none), in one statement.
+
+        A username this client has not looked up yet is joined in rather than fetched first.
+        """
+        rows = StudentModule.objects.using(storage.state_alias()).filter(
+            module_state_key=target.usage_key, course_id=target.course_id
+        )
+        if username in self._user_ids:
+            found = rows.filter(student_id=self._user_ids[username]).values_list("id").first()
+            return None if found is None else found[0]
+        user_field = get_user_model().USERNAME_FIELD
+        with_user = rows.filter(**{f"student__{user_field}": username})
+        row = with_user.values_list("id", "student_id").first()
+        if row is None:
+            return None
+        self._user_ids[username] = row[1]
+        return int(row[0])
+
     def _require_student_id(self, username: str) -> int:
         student_id = self._student_id(username)
         if student_id is None:
@@ -220,13 +240,3 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
 def _check_scope(scope: ScopeBase) -> None:
     if scope != Scope.user_state:
         raise ValueError(f"DjangoXBlockUserStateClient serves Scope.user_state only, not {scope}")
-
-
-def _after(order: Sequence[str], last: Sequence[Any]) -> Q:
-    """Return the keyset condition "after ``last``" for an ordering on ``order`` (ascending)."""
-    condition = Q(**{f"{order[-1]}__gt": last[-1]})
-    for index in range(len(order) - 2, -1, -1):
-        condition = Q(**{f"{order[index]}__gt": last[index]}) | (
-            Q(**{order[index]: last[index]}) & condition
-        )
-    return condition

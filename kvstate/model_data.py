@@ -41,6 +41,7 @@ from kvstate.validation import (
     USER_INFO,
     USER_STATE,
     USER_STATE_SUMMARY,
+    check_column_text,
     check_field_name,
     check_length,
     check_usage_key,
@@ -281,10 +282,12 @@ class _FieldCache(_ScopeCache):
         values: dict[tuple[str, str], Any] = {}
         for key, value in items.items():
             check_field_name(key.field_name, self.model.FIELD_NAME_MAX_LENGTH)  # type: ignore[attr-defined]
+            check_column_text("field name", key.field_name)
             owner = self.owner_of(key)
             stored_owner = self._stored_owner(owner)
             if self.owner_field is not None:
                 check_length(self.owner_field, stored_owner, self.owner_max_length)
+                check_column_text(self.owner_field, stored_owner)
             cache_key = (stored_owner, key.field_name)
             text = to_json(value, key.field_name)
             rows[cache_key] = {"field_name": key.field_name, "value": text, **self.row_filter()}
@@ -351,7 +354,18 @@ class PreferencesCache(_FieldCache):
         block_type = key.block_scope_id
         if not isinstance(block_type, str) or not block_type:
             raise TypeError(f"preferences key needs a block type string, not {block_type!r}")
-        return _block_type_key(key.block_family, block_type)
+        type_key = _block_type_key(key.block_family, block_type)
+        # The column gives back BlockTypeKeyV1.from_string(stored), with a trailing newline
+        # stripped: a type that would come back as another would read and overwrite that
+        # one's preferences (e.g. 'block-type-v1:xblock_asides.v1:poll' in family xblock.v1).
+        stored = str(type_key)
+        if stored.endswith("\n") or BlockTypeKeyV1.from_string(stored) != type_key:
+            read_back = BlockTypeKeyV1.from_string(stored.rstrip())
+            raise ValueError(
+                f"preferences block type {block_type!r} of family {key.block_family!r} would be "
+                f"read back from the database as {read_back!r}, another block type"
+            )
+        return type_key
 
 
 class UserInfoCache(_FieldCache):

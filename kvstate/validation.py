@@ -40,10 +40,13 @@ def user_scope(scope: object) -> ScopeBase:
     for known in USER_SCOPES:
         if scope is known or (type(scope) is ScopeBase and scope == known):
             return known
-    raise InvalidScopeError(
+    error = InvalidScopeError(
         f"kvstate stores only the user scopes (user_state, user_state_summary, preferences, "
         f"user_info), not {scope!r}"
     )
+    # XBlock keeps the text in .message only, so str(error) (logs, tracebacks) would be empty.
+    error.args = (error.message,)
+    raise error
 
 
 def check_user(scope: ScopeBase, key_user_id: object, user_id: object) -> None:
@@ -71,6 +74,28 @@ def check_field_name(name: object, max_length: int | None = None) -> str:
             f"{max_length} the column allows"
         )
     return name
+
+
+def check_column_text(what: str, value: str) -> str:
+    """Return ``value`` if every backend's text columns can hold it, else raise ``ValueError``.
+
+    PostgreSQL refuses NUL characters in text, and no UTF-8 column holds a lone surrogate. Both
+    are refused here on every backend, before any SQL, rather than by one database mid-write.
+    (user_state field names live inside JSON text, which escapes both: they need no check.)
+    """
+    if "\x00" in value:
+        raise ValueError(
+            f"{what} {value!r} contains a NUL character, which per-field rows cannot store "
+            "(PostgreSQL text refuses it); use a name without one"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{what} {value!r} contains a lone surrogate, which is not valid UTF-8 and no "
+            "database column can store; use a name without one"
+        ) from None
+    return value
 
 
 def check_length(what: str, value: str, max_length: int) -> str:

@@ -180,6 +180,24 @@ class TestNames(InputTestCase):
             self.kvs.set_many(kv_dict)
         assert json.loads(StudentModule.objects.get().state)["s" * 300] == 2
 
+    def test_names_no_column_can_hold(self) -> None:
+        # NUL (PostgreSQL text refuses it) and lone surrogates (not UTF-8) cannot be stored in
+        # a name column on every backend: refused up front everywhere, not by one database.
+        for name in ("a\x00b", "a\ud800b"):
+            for scope, k in self.good_keys().items():
+                if scope == "user_state":
+                    continue
+                with self.subTest(scope=scope, name=name):
+                    self.assert_rejected({k._replace(field_name=name): 1}, ValueError, "field name")
+
+    def test_user_state_names_live_in_json(self) -> None:
+        # Inside the state's JSON text every str is a name: escaped, stored, read back exactly.
+        names = ["a\x00b", "a\ud800b", 'q"uote', "back\\slash", "$.a", "a.b", "%s", "😀"]
+        with self.captureOnCommitCallbacks(using="default", execute=True):
+            self.kvs.set_many({state_key(name, self.user.pk): name for name in names})
+        fresh = rebuilt(self.cache, [self.block])
+        assert [fresh.get(state_key(name, self.user.pk)) for name in names] == names
+
     def test_user_state_block_type_over_32_characters(self) -> None:
         k = state_key("x", self.user.pk, usage("p1", "t" * 33))
         self.assert_rejected({k: 1}, ValueError, "block type")
@@ -198,6 +216,27 @@ class TestNames(InputTestCase):
         ):
             with self.subTest(key=k):
                 self.assert_rejected({k: 1}, ValueError, "module_type")
+
+    def test_preferences_block_types_that_do_not_read_back(self) -> None:
+        for block_type in (
+            "poll\n",  # the key column strips a trailing newline when it reads the row
+            "block-type-v1:xblock_asides.v1:poll",  # would read back as the aside's type
+            "po\x00ll",
+            "po\ud800ll",
+        ):
+            with self.subTest(block_type=block_type):
+                self.assert_rejected(
+                    {prefs_key("theme", self.user.pk, block_type): 1},
+                    ValueError,
+                    "block type|NUL|surrogate",
+                )
+
+    def test_preferences_block_types_that_read_back(self) -> None:
+        uid = self.user.pk
+        types = ["a:b", "poll ", " poll", "Poll", "t" * 64]
+        self.kvs.set_many({prefs_key("theme", uid, t): t for t in types})
+        fresh = rebuilt(self.cache, [block(usage(), uid, block_type=t) for t in types])
+        assert [fresh.get(prefs_key("theme", uid, t)) for t in types] == types
 
     def test_block_ids_of_the_wrong_kind(self) -> None:
         for k in (

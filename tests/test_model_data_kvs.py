@@ -356,7 +356,7 @@ class TestUserInfoStorage(PerFieldStorageTests, TestCase):
         return info_key(name, self.user.pk)
 
 
-INVALID_SCOPES = [
+INVALID_SCOPES: list[Any] = [
     Scope(UserScope.ONE, BlockScope.DEFINITION),
     Scope(UserScope.NONE, BlockScope.TYPE),
     Scope(UserScope.NONE, BlockScope.ALL),
@@ -366,6 +366,9 @@ INVALID_SCOPES = [
     Scope.settings,
     Scope.children,
     Scope.parent,
+    # Not scopes at all.
+    "user_state",
+    None,
 ]
 
 
@@ -385,8 +388,11 @@ class TestInvalidScopes(TestCase):
             key = Key(scope, self.user.pk, usage(), "a")
             with self.subTest(scope=scope), no_queries(self):
                 for call in every_method(self.kvs, key):
-                    with pytest.raises(InvalidScopeError):
+                    with pytest.raises(InvalidScopeError) as info:
                         call()
+                    # XBlock's InvalidScopeError keeps its text in .message; str() has it too.
+                    assert "user scopes" in str(info.value)
+                    assert str(info.value) == info.value.message
 
     def test_set_many_with_one_invalid_key_writes_nothing(self) -> None:
         kv_dict = {

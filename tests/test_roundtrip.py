@@ -15,14 +15,19 @@ from django.test import TestCase
 from xblock.fields import Scope
 
 from kvstate import storage
-from kvstate.models import StudentModule, StudentModuleHistory
+from kvstate.models import (
+    StudentModule,
+    StudentModuleHistory,
+    XModuleStudentInfoField,
+    XModuleStudentPrefsField,
+    XModuleUserStateSummaryField,
+)
 from kvstate.testing.factories import UserFactory
 from kvstate.user_state_client import DjangoXBlockUserStateClient
 from tests.underfire import (
     EXACT_VALUES,
     HOSTILE_NAMES,
     HTML,
-    PER_FIELD_SCOPES,
     PROBLEM,
     PROBLEM_2,
     USER_SCOPES,
@@ -33,6 +38,11 @@ from tests.underfire import (
 )
 
 VALUE_NAMES = tuple(EXACT_VALUES)
+PER_FIELD_MODELS = {
+    Scope.user_state_summary: XModuleUserStateSummaryField,
+    Scope.preferences: XModuleStudentPrefsField,
+    Scope.user_info: XModuleStudentInfoField,
+}
 #: Every name a probe block declares: the value cases, the hostile names, and the bystanders
 #: that hostile names look like paths into.
 BYSTANDERS = {"a": {"b": "kept", "0": "kept"}, "": "unused"}
@@ -64,7 +74,7 @@ class KeyValueStoreRoundTripTests(TestCase):
 
     def assert_reads(self, values: dict[str, Any], scope: Any, usage_key: Any = PROBLEM) -> None:
         """Assert the values are read back exactly by the same and by a rebuilt cache."""
-        for label, (_cache, kvs) in (("same", self.kvs), ("rebuilt", self.store())):
+        for label, kvs in (("same", self.kvs), ("rebuilt", self.store()[1])):
             for name, value in values.items():
                 with self.subTest(cache=label, scope=scope.name, name=name):
                     k = key(scope, self.user.pk, usage_key, name)
@@ -72,11 +82,11 @@ class KeyValueStoreRoundTripTests(TestCase):
                     assert_exact(kvs.get(k), value)
 
     def test_values_round_trip_in_every_scope_on_insert_and_on_swap(self) -> None:
-        self.kvs = self.store()
+        self.cache, self.kvs = self.store()
         for scope in USER_SCOPES:
             first = {f"{name}": value for name, value in EXACT_VALUES.items()}
             with self.captureOnCommitCallbacks(using="default", execute=True):
-                self.kvs[1].set_many(
+                self.kvs.set_many(
                     {key(scope, self.user.pk, PROBLEM, n): v for n, v in first.items()}
                 )
             self.assert_reads(first, scope)
@@ -84,7 +94,7 @@ class KeyValueStoreRoundTripTests(TestCase):
             # text holding all the values above; per-field: the upsert's update branch).
             second = rotated(first)
             with self.captureOnCommitCallbacks(using="default", execute=True):
-                self.kvs[1].set_many(
+                self.kvs.set_many(
                     {key(scope, self.user.pk, PROBLEM, n): v for n, v in second.items()}
                 )
             self.assert_reads(second, scope)
@@ -92,58 +102,55 @@ class KeyValueStoreRoundTripTests(TestCase):
 
     def test_field_by_field_swaps_keep_every_other_value(self) -> None:
         # One field per write: each write swaps against a text that holds all the others.
-        self.kvs = self.store()
+        self.cache, self.kvs = self.store()
         values = dict(EXACT_VALUES)
         for name, value in values.items():
-            self.kvs[1].set(key(Scope.user_state, self.user.pk, PROBLEM, name), value)
+            self.kvs.set(key(Scope.user_state, self.user.pk, PROBLEM, name), value)
         for name, value in rotated(values).items():
-            self.kvs[1].set(key(Scope.user_state, self.user.pk, PROBLEM, name), value)
+            self.kvs.set(key(Scope.user_state, self.user.pk, PROBLEM, name), value)
             values[name] = value
             self.assert_reads(values, Scope.user_state)
 
     def test_hostile_names_touch_no_other_field(self) -> None:
-        self.kvs = self.store()
+        self.cache, self.kvs = self.store()
         for scope in USER_SCOPES:
             names = names_for(scope)
             bystander = key(scope, self.user.pk, PROBLEM, "a")
-            self.kvs[1].set(bystander, BYSTANDERS["a"])
+            self.kvs.set(bystander, BYSTANDERS["a"])
             # Each name gets its own value, so a name that aliases another shows up as a
             # wrong value; the bystander shows names that act as paths into it.
             written = {name: {"written_as": name} for name in names}
-            self.kvs[1].set_many(
-                {key(scope, self.user.pk, PROBLEM, n): v for n, v in written.items()}
-            )
+            self.kvs.set_many({key(scope, self.user.pk, PROBLEM, n): v for n, v in written.items()})
             self.assert_reads({**written, "a": BYSTANDERS["a"]}, scope)
-            # The same names on the other block and in other scopes are other fields.
-            for other_scope in USER_SCOPES:
-                if other_scope == scope or other_scope in (Scope.preferences, Scope.user_info):
-                    continue
+            # The same names on another block are other fields (preferences and user_info are
+            # not per block).
+            for other_scope in (Scope.user_state, Scope.user_state_summary):
                 for name in names:
                     other = key(other_scope, self.user.pk, HTML, name)
-                    assert not self.kvs[1].has(other), (other_scope.name, name)
+                    assert not self.kvs.has(other), (other_scope.name, name)
             # Deleting one name deletes only that field.
             for name in names:
-                self.kvs[1].delete(key(scope, self.user.pk, PROBLEM, name))
+                self.kvs.delete(key(scope, self.user.pk, PROBLEM, name))
                 del written[name]
                 self.assert_reads({**written, "a": BYSTANDERS["a"]}, scope)
-                for label, (_c, kvs) in (("same", self.kvs), ("rebuilt", self.store())):
+                for label, kvs in (("same", self.kvs), ("rebuilt", self.store()[1])):
                     with self.subTest(cache=label, deleted=name):
                         assert not kvs.has(key(scope, self.user.pk, PROBLEM, name))
 
     def test_scopes_do_not_share_names(self) -> None:
-        self.kvs = self.store()
+        self.cache, self.kvs = self.store()
         for scope in USER_SCOPES:
-            self.kvs[1].set(key(scope, self.user.pk, PROBLEM, "$.a"), scope.name)
-        for label, (_cache, kvs) in (("same", self.kvs), ("rebuilt", self.store())):
+            self.kvs.set(key(scope, self.user.pk, PROBLEM, "$.a"), scope.name)
+        for label, kvs in (("same", self.kvs), ("rebuilt", self.store()[1])):
             for scope in USER_SCOPES:
                 with self.subTest(cache=label, scope=scope.name):
                     assert kvs.get(key(scope, self.user.pk, PROBLEM, "$.a")) == scope.name
 
     def test_json_null_is_present(self) -> None:
-        self.kvs = self.store()
+        self.cache, self.kvs = self.store()
         for scope in USER_SCOPES:
-            self.kvs[1].set(key(scope, self.user.pk, PROBLEM, "json_null"), None)
-        for label, (_cache, kvs) in (("same", self.kvs), ("rebuilt", self.store())):
+            self.kvs.set(key(scope, self.user.pk, PROBLEM, "json_null"), None)
+        for label, kvs in (("same", self.kvs), ("rebuilt", self.store()[1])):
             for scope in USER_SCOPES:
                 with self.subTest(cache=label, scope=scope.name):
                     k = key(scope, self.user.pk, PROBLEM, "json_null")
@@ -154,24 +161,24 @@ class KeyValueStoreRoundTripTests(TestCase):
         # Two requests build their caches before the row exists. The second to write loses the
         # insert race, and later a compare-and-swap race, and must still store its values
         # exactly, next to the winner's.
-        early, late = self.store(), self.store()
+        (_early_cache, early), (_late_cache, late) = self.store(), self.store()
         winner = {f"w_{name}": value for name, value in EXACT_VALUES.items()}
         loser = {f"l_{name}": value for name, value in EXACT_VALUES.items()}
-        early[1].set_many(
+        early.set_many(
             {key(Scope.user_state, self.user.pk, PROBLEM_2, n): v for n, v in winner.items()}
         )
-        late[1].set_many(
+        late.set_many(
             {key(Scope.user_state, self.user.pk, PROBLEM_2, n): v for n, v in loser.items()}
         )
         assert storage.stats.inserts_lost == 1
         # ``early`` still believes the row holds only its own fields: its swap misses.
-        early[1].set(key(Scope.user_state, self.user.pk, PROBLEM_2, "w_unicode"), "second")
+        early.set(key(Scope.user_state, self.user.pk, PROBLEM_2, "w_unicode"), "second")
         assert storage.stats.swaps_lost == 1
         expected = {**winner, **loser, "w_unicode": "second"}
         stored = json.loads(StudentModule.objects.get(module_state_key=PROBLEM_2).state)
         assert_exact(stored, expected)
         # The writer that merged last knows everything; a new request too.
-        for label, kvs in (("merged", early[1]), ("rebuilt", self.store()[1])):
+        for label, kvs in (("merged", early), ("rebuilt", self.store()[1])):
             for name, value in expected.items():
                 with self.subTest(cache=label, name=name):
                     assert_exact(
@@ -183,15 +190,8 @@ class KeyValueStoreRoundTripTests(TestCase):
         row = StudentModule.objects.get(student=self.user, module_state_key=PROBLEM)
         assert_exact(json.loads(row.state), values)
         assert row.state == json.dumps(json.loads(row.state))
-        for scope in PER_FIELD_SCOPES:
-            model = {
-                Scope.user_state_summary: "XModuleUserStateSummaryField",
-                Scope.preferences: "XModuleStudentPrefsField",
-                Scope.user_info: "XModuleStudentInfoField",
-            }[scope]
-            from kvstate import models
-
-            texts = dict(getattr(models, model).objects.values_list("field_name", "value"))
+        for scope, model in PER_FIELD_MODELS.items():
+            texts = dict(model.objects.values_list("field_name", "value"))
             for name, value in values.items():
                 with self.subTest(scope=scope.name, name=name):
                     assert texts[name] == json.dumps(value)

@@ -66,12 +66,14 @@ class Stats:
 
     ``swaps_lost``: compare-and-swap rounds in which another writer changed a row first;
     ``inserts_lost``: rows another writer created first; ``transactions_retried``: whole
-    writes run again after a deadlock or serialization failure.
+    writes run again after a deadlock or serialization failure; ``most_retries``: the most
+    retries one write needed (against ``MAX_CONFLICT_RETRIES``).
     """
 
     swaps_lost: int = 0
     inserts_lost: int = 0
     transactions_retried: int = 0
+    most_retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, tally: str, count: int = 1) -> None:
@@ -79,9 +81,15 @@ class Stats:
         with self._lock:
             setattr(self, tally, getattr(self, tally) + count)
 
+    def at_least(self, tally: str, count: int) -> None:
+        """Raise ``tally`` to ``count`` if it is lower."""
+        with self._lock:
+            setattr(self, tally, max(getattr(self, tally), count))
+
     def reset(self) -> None:
         with self._lock:
             self.swaps_lost = self.inserts_lost = self.transactions_retried = 0
+            self.most_retries = 0
 
 
 stats = Stats()
@@ -290,6 +298,7 @@ def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
             if attempt == MAX_CONFLICT_RETRIES or not sql.is_retryable_conflict(connection, exc):
                 raise
             stats.add("transactions_retried")
+            stats.at_least("most_retries", attempt + 1)
             log.info("kvstate: transaction conflict writing learner state, retrying: %s", exc)
             time.sleep(random.uniform(0, MAX_CONFLICT_PAUSE))
     raise AssertionError("unreachable")

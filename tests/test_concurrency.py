@@ -162,6 +162,7 @@ class DisjointFieldsTests(ConcurrencyTestCase):
             swaps_lost=storage.stats.swaps_lost,
             inserts_lost=storage.stats.inserts_lost,
             transactions_retried=storage.stats.transactions_retried,
+            most_retries=storage.stats.most_retries,
         )
         assert missing == []
         assert state == expected
@@ -277,6 +278,7 @@ class SameFieldTests(ConcurrencyTestCase):
             swaps_lost=storage.stats.swaps_lost,
             inserts_lost=storage.stats.inserts_lost,
             transactions_retried=storage.stats.transactions_retried,
+            most_retries=storage.stats.most_retries,
         )
 
     def test_client_writers(self) -> None:
@@ -336,6 +338,7 @@ class FirstWriteRaceTests(ConcurrencyTestCase):
             swaps_lost=storage.stats.swaps_lost,
             inserts_lost=storage.stats.inserts_lost,
             transactions_retried=storage.stats.transactions_retried,
+            most_retries=storage.stats.most_retries,
         )
 
     def test_client_first_writes(self) -> None:

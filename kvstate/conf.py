@@ -20,7 +20,7 @@ class _Settings:
     """Typed, live view of the ``KVSTATE_*`` settings."""
 
     @property
-    def HISTORY_BLOCK_TYPES(self) -> frozenset[str] | None:  # noqa: N802
+    def HISTORY_BLOCK_TYPES(self) -> frozenset[str] | None:
         """Block types whose user_state writes leave history rows; ``None`` means every type.
 
         ``KVSTATE_HISTORY_BLOCK_TYPES``: an iterable of block types, ``"__all__"`` for every type,
@@ -32,7 +32,7 @@ class _Settings:
         return frozenset(value)
 
     @property
-    def MAX_VALUE_BYTES(self) -> int | None:  # noqa: N802
+    def MAX_VALUE_BYTES(self) -> int | None:
         """Largest serialised user_state (one block) or per-field value; ``None`` disables it.
 
         ``KVSTATE_MAX_VALUE_BYTES``, default 2 MiB.

@@ -9,6 +9,7 @@ the cache always equals what the database holds for this learner.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -68,8 +69,9 @@ def _fresh(value: Any) -> Any:
     return copy.deepcopy(value) if isinstance(value, dict | list) else value
 
 
+@functools.lru_cache(maxsize=4096)
 def _stored(model: type[Model], field_name: str, value: object) -> str:
-    """Return ``value`` as the column ``field_name`` of ``model`` stores it."""
+    """Return ``value`` as the column ``field_name`` of ``model`` stores it (keys are costly)."""
     field = cast("DjangoField[Any, Any]", model._meta.get_field(field_name))
     return str(field.get_prep_value(value))
 
@@ -351,21 +353,26 @@ class PreferencesCache(_FieldCache):
     owner_max_length = XModuleStudentPrefsField.BLOCK_TYPE_MAX_LENGTH
 
     def owner_of(self, key: KvsKey) -> Any:
-        block_type = key.block_scope_id
-        if not isinstance(block_type, str) or not block_type:
-            raise TypeError(f"preferences key needs a block type string, not {block_type!r}")
-        type_key = _block_type_key(key.block_family, block_type)
-        # The column gives back BlockTypeKeyV1.from_string(stored), with a trailing newline
-        # stripped: a type that would come back as another would read and overwrite that
-        # one's preferences (e.g. 'block-type-v1:xblock_asides.v1:poll' in family xblock.v1).
-        stored = str(type_key)
-        if stored.endswith("\n") or BlockTypeKeyV1.from_string(stored) != type_key:
-            read_back = BlockTypeKeyV1.from_string(stored.rstrip())
-            raise ValueError(
-                f"preferences block type {block_type!r} of family {key.block_family!r} would be "
-                f"read back from the database as {read_back!r}, another block type"
-            )
-        return type_key
+        return _preferences_owner(key.block_family, key.block_scope_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _preferences_owner(family: str, block_type: object) -> BlockTypeKeyV1:
+    """Return the block type key preferences of ``block_type`` in ``family`` are stored under."""
+    if not isinstance(block_type, str) or not block_type:
+        raise TypeError(f"preferences key needs a block type string, not {block_type!r}")
+    type_key = _block_type_key(family, block_type)
+    # The column gives back BlockTypeKeyV1.from_string(stored), with a trailing newline
+    # stripped: a type that would come back as another would read and overwrite that
+    # one's preferences (e.g. 'block-type-v1:xblock_asides.v1:poll' in family xblock.v1).
+    stored = str(type_key)
+    if stored.endswith("\n") or BlockTypeKeyV1.from_string(stored) != type_key:
+        read_back = BlockTypeKeyV1.from_string(stored.rstrip())
+        raise ValueError(
+            f"preferences block type {block_type!r} of family {family!r} would be "
+            f"read back from the database as {read_back!r}, another block type"
+        )
+    return type_key
 
 
 class UserInfoCache(_FieldCache):

@@ -6,6 +6,7 @@ Server coordinates come from KVSTATE_PG_* / KVSTATE_MYSQL_* (defaults: this mach
 
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "kvstate-tests-only"
@@ -26,7 +27,7 @@ _backend = os.environ.get("KVSTATE_TEST_DB", "sqlite")
 _suffix = os.environ.get("KVSTATE_TEST_DB_SUFFIX", "")
 
 
-def _database(name: str) -> dict:
+def _database(name: str) -> dict[str, Any]:
     name += _suffix
     if _backend == "sqlite":
         # Files, not memory: threads in the concurrency tests need a shared database.

@@ -49,7 +49,7 @@ class _Settings:
 
     @property
     def history_router_installed(self) -> bool:
-        """Whether ``DATABASE_ROUTERS`` includes :class:`~kvstate.routers.StudentModuleHistoryRouter`."""
+        """Whether ``DATABASE_ROUTERS`` includes the history router (or a subclass)."""
         from kvstate.routers import StudentModuleHistoryRouter
 
         for router in getattr(django_settings, "DATABASE_ROUTERS", []):

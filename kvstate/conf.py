@@ -50,16 +50,13 @@ class _Settings:
     @property
     def history_router_installed(self) -> bool:
         """Whether ``DATABASE_ROUTERS`` includes the history router (or a subclass)."""
+        from django.db import router
+
         from kvstate.routers import StudentModuleHistoryRouter
 
-        for router in getattr(django_settings, "DATABASE_ROUTERS", []):
-            if router == "kvstate.routers.StudentModuleHistoryRouter":
-                return True
-            if isinstance(router, type) and issubclass(router, StudentModuleHistoryRouter):
-                return True
-            if isinstance(router, StudentModuleHistoryRouter):
-                return True
-        return False
+        # Django's own view of DATABASE_ROUTERS: dotted paths imported and classes instantiated
+        # (it is rebuilt when override_settings changes the setting).
+        return any(isinstance(r, StudentModuleHistoryRouter) for r in router.routers)
 
 
 settings = _Settings()

@@ -23,6 +23,10 @@ class OtherRouter:
     """A router with no opinion on anything, standing in for a project's own routers."""
 
 
+class SubRouter(StudentModuleHistoryRouter):
+    """A project's own router built on kvstate's."""
+
+
 def kvstate_check_ids() -> list[str]:
     """Return the ids of kvstate's messages from a full check run, in order."""
     return [m.id for m in run_checks() if m.id and m.id.startswith("kvstate.")]
@@ -65,11 +69,15 @@ class HistoryRoutingChecksTests(SimpleTestCase):
         with without_history_alias(), override_settings(DATABASE_ROUTERS=[]):
             assert kvstate_check_ids() == []
 
-    def test_router_given_as_class_or_instance_counts(self) -> None:
-        class SubRouter(StudentModuleHistoryRouter):
-            pass
-
-        for router in (StudentModuleHistoryRouter, SubRouter, StudentModuleHistoryRouter()):
+    def test_router_given_as_path_or_instance_counts(self) -> None:
+        # Django takes a non-string DATABASE_ROUTERS entry as the router object itself, so an
+        # instance (not a bare class) is the other supported form; a subclass counts too.
+        for router in (
+            ROUTER,
+            "tests.test_checks.SubRouter",
+            SubRouter(),
+            StudentModuleHistoryRouter(),
+        ):
             with self.subTest(router=router), override_settings(DATABASE_ROUTERS=[router]):
                 assert kvstate_check_ids() == []
 

@@ -100,14 +100,18 @@ class KeyValueStoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.test = test
         self.users = test.users
-        self.savepoint = transaction.savepoint()
+        # An atomic block per example, rolled back in teardown (transaction.savepoint() is
+        # deprecated in Django 6.1).
+        self.example = transaction.atomic()
+        self.example.__enter__()
         self.database: dict[ModelKey, Any] = {}
         self.views: list[dict[ModelKey, Any]] = [{}, {}]
         self.stores = [self.new_store(user) for user in (0, 1)]
         test.examples += 1
 
     def teardown(self) -> None:
-        transaction.savepoint_rollback(self.savepoint)
+        transaction.set_rollback(True)
+        self.example.__exit__(None, None, None)
 
     # Helpers
 

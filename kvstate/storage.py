@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import Model, Q
+from django.db.models import CharField, ExpressionWrapper, F, Model, Q, Value
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
@@ -49,8 +49,6 @@ MAX_CONFLICT_PAUSE = 0.05
 
 _MODULE_COLUMNS = (
     "id",
-    "module_state_key",
-    "course_id",
     "module_type",
     "state",
     "grade",
@@ -140,8 +138,8 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a ``values_list(*_MODULE_COLUMNS)`` tuple."""
-        row_id, _usage, _course, module_type, text, grade, max_grade, created, modified = values
+        """Build from a ``values_list(*_MODULE_COLUMNS, ...)`` tuple."""
+        row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
         )
@@ -214,6 +212,13 @@ def state_alias() -> str:
 # Reading -----------------------------------------------------------------------------------
 
 
+#: The key columns as the strings stored, not parsed into opaque keys.
+_RAW_KEYS = {
+    name: ExpressionWrapper(F(name), output_field=CharField())
+    for name in ("module_state_key", "course_id")
+}
+
+
 def fetch_modules(
     using: str,
     student_id: int,
@@ -232,15 +237,18 @@ def fetch_modules(
     # Two values per row (module_id, course_id) plus the learner's id.
     size = (sql.max_query_params(connection) - 1) // 2
     for chunk in chunked(sorted(by_key), size):
-        module_ids = {module_id for module_id, _ in chunk}
-        course_ids = {course_id for _, course_id in chunk}
+        # Compare and read the key columns as the plain strings they hold: parsing thousands
+        # of opaque keys back and forth costs more than the query (values given as expressions
+        # skip the field's preparation; a CharField wrapper skips its from_db_value).
         query = StudentModule.objects.using(using).filter(
-            student_id=student_id, module_state_key__in=module_ids, course_id__in=course_ids
+            student_id=student_id,
+            module_state_key__in=[Value(module_id) for module_id in {m for m, _ in chunk}],
+            course_id__in=[Value(course_id) for course_id in {c for _, c in chunk}],
         )
         if lock and connection.features.has_select_for_update:
             query = query.select_for_update()
-        for values in query.values_list(*_MODULE_COLUMNS):
-            target = by_key.get(row_key(values[1], values[2]))
+        for values in query.values_list(*_MODULE_COLUMNS, *_RAW_KEYS.values()):
+            target = by_key.get(values[-2:])
             if target is not None:
                 found[target] = ModuleRow.from_values(values)
     return found

@@ -260,14 +260,13 @@ class _FieldCache(_ScopeCache):
             query = self.model._default_manager.using(using).filter(
                 field_name__in=names, **self.row_filter()
             )
+            columns: list[Any] = ["field_name", "value", "modified"]
             if self.owner_field is not None:
-                query = query.filter(**{f"{self.owner_field}__in": list(chunk)})
-            columns = ["field_name", "value", "modified"]
-            if self.owner_field is not None:
-                columns.append(self.owner_field)
+                # Owners compared and read as the strings stored (see storage.fetch_modules).
+                query = query.filter(**{f"{self.owner_field}__in": storage.as_stored(chunk)})
+                columns.append(storage.column_text(self.owner_field))
             for name, text, modified, *owner in query.values_list(*columns):
-                stored_owner = self._stored_owner(owner[0]) if owner else ""
-                self._values[stored_owner, name] = (json.loads(text), modified)
+                self._values[owner[0] if owner else "", name] = (json.loads(text), modified)
 
     def get(self, key: KvsKey) -> Any:
         return _fresh(self._values[self._cache_key(key)][0])

@@ -212,11 +212,14 @@ def state_alias() -> str:
 # Reading -----------------------------------------------------------------------------------
 
 
-#: The key columns as the strings stored, not parsed into opaque keys.
-_RAW_KEYS = {
-    name: ExpressionWrapper(F(name), output_field=CharField())
-    for name in ("module_state_key", "course_id")
-}
+def column_text(name: str) -> ExpressionWrapper[Any]:
+    """Return column ``name`` as the plain string it holds (an opaque-key field unparsed)."""
+    return ExpressionWrapper(F(name), output_field=CharField())
+
+
+def as_stored(values: Iterable[str]) -> list[Value]:
+    """Return stored strings to compare a key column with, without the field re-parsing them."""
+    return [Value(value) for value in values]
 
 
 def fetch_modules(
@@ -238,16 +241,17 @@ def fetch_modules(
     size = (sql.max_query_params(connection) - 1) // 2
     for chunk in chunked(sorted(by_key), size):
         # Compare and read the key columns as the plain strings they hold: parsing thousands
-        # of opaque keys back and forth costs more than the query (values given as expressions
-        # skip the field's preparation; a CharField wrapper skips its from_db_value).
+        # of opaque keys back and forth would cost more than the query.
         query = StudentModule.objects.using(using).filter(
             student_id=student_id,
-            module_state_key__in=[Value(module_id) for module_id in {m for m, _ in chunk}],
-            course_id__in=[Value(course_id) for course_id in {c for _, c in chunk}],
+            module_state_key__in=as_stored({module_id for module_id, _ in chunk}),
+            course_id__in=as_stored({course_id for _, course_id in chunk}),
         )
         if lock and connection.features.has_select_for_update:
             query = query.select_for_update()
-        for values in query.values_list(*_MODULE_COLUMNS, *_RAW_KEYS.values()):
+        for values in query.values_list(
+            *_MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
+        ):
             target = by_key.get(values[-2:])
             if target is not None:
                 found[target] = ModuleRow.from_values(values)

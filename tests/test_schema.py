@@ -14,6 +14,7 @@ from django.db import connections
 from django.test import TestCase
 
 from kvstate.conf import HISTORY_ALIAS
+from kvstate.sql import exact_collation
 
 # Django's introspected field class -> storage family. SQLite stores every INTEGER in up to
 # 8 bytes (an INTEGER PRIMARY KEY is the 64-bit rowid), so there both names mean bigint.
@@ -271,20 +272,21 @@ class SchemaTests(TestCase):
                     mismatches.append((table, c["columns"], c["foreign_key"]))
         assert mismatches == []
 
-    def test_names_and_keys_use_an_exact_collation_on_mariadb(self) -> None:
+    def test_names_and_keys_use_an_exact_collation(self) -> None:
+        # MySQL/MariaDB need an explicit no-pad binary collation; elsewhere the column must keep
+        # the exact default (opaque-keys' case-insensitive mode would add NOCASE on SQLite).
         connection = connections["default"]
-        if connection.vendor != "mysql":
-            self.skipTest("MySQL/MariaDB only: SQLite and PostgreSQL compare exactly already")
-        expected = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
-        wanted = {
-            (table, column): expected
-            for table, spec in SPEC_TABLES.items()
-            for column in spec.exact
-        }
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT table_name, column_name, collation_name FROM information_schema.columns"
-                " WHERE table_schema = DATABASE() AND table_name LIKE 'courseware%%'"
-            )
-            actual = {(t, c): coll for t, c, coll in cursor.fetchall() if (t, c) in wanted}
-        assert actual == wanted
+        # SQLite's BINARY, spelled out or by default, compares exactly too.
+        exact = {exact_collation(connection)} | (
+            {"BINARY"} if connection.vendor == "sqlite" else set()
+        )
+        columns = [(table, column) for table, spec in SPEC_TABLES.items() for column in spec.exact]
+        folding = []
+        for table, column in columns:
+            with connection.cursor() as cursor:
+                description = connection.introspection.get_table_description(cursor, table)
+            collation = next(c.collation for c in description if c.name == column)
+            if collation not in exact:
+                folding.append((table, column, collation))
+        assert columns
+        assert folding == []

@@ -22,6 +22,7 @@ from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete
 
+from kvstate import sql
 from kvstate.conf import settings
 from kvstate.models import StudentModule, StudentModuleHistory
 
@@ -68,7 +69,7 @@ def record(rows: Sequence[ModuleRow], *, state_using: str) -> None:
         return
     history_using = alias()
     if history_using == state_using:
-        StudentModuleHistory.objects.using(history_using).bulk_create(entries)
+        sql.insert_rows(connections[history_using], entries)
     else:
         # robust: whatever _write_detached does not catch is logged by Django, not raised into
         # the caller, whose write has committed by then.
@@ -85,7 +86,7 @@ def _write_detached(using: str, entries: list[StudentModuleHistory]) -> None:
         [entry.student_module_id for entry in entries],
         using,
     ):
-        StudentModuleHistory.objects.using(using).bulk_create(entries)
+        sql.insert_rows(connections[using], entries)
 
 
 @contextmanager

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import StateApps
+from django.db.models import Model, UniqueConstraint
+from django.db.models.constants import OnConflict
 
 #: Name, key and type columns that must compare exactly (no case/accent/trailing-space folding).
 EXACT_COLUMNS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -191,6 +195,47 @@ def compare_and_swap_states(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*new_params, _adapt(connection, modified), *where_params])
         return int(cursor.rowcount)
+
+
+def insert_rows(
+    connection: BaseDatabaseWrapper,
+    objs: Sequence[Model],
+    *,
+    update_on_conflict: Sequence[str] = (),
+) -> None:
+    """Insert ``objs`` (one model); on a unique-key conflict update ``update_on_conflict``.
+
+    One statement unless the rows exceed the parameter limit (then one transaction).
+
+    ``bulk_create`` would wrap the statement in a transaction of its own, which in autocommit
+    mode costs two more round trips (BEGIN, COMMIT) for what one statement does atomically.
+    """
+    meta = type(objs[0])._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    qn = connection.ops.quote_name
+    suffix = ""
+    if update_on_conflict:
+        unique = next(c for c in meta.constraints if isinstance(c, UniqueConstraint))
+        suffix = " " + connection.ops.on_conflict_suffix_sql(
+            fields,
+            OnConflict.UPDATE,
+            [meta.get_field(name).column for name in update_on_conflict],  # type: ignore[union-attr]
+            [meta.get_field(name).column for name in unique.fields],  # type: ignore[union-attr]
+        )
+    head = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(str(f.column)) for f in fields)})"
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    per_statement = max_query_params(connection) // len(fields)
+    chunks = [objs[i : i + per_statement] for i in range(0, len(objs), per_statement)]
+    several = len(chunks) > 1
+    with transaction.atomic(connection.alias, savepoint=False) if several else nullcontext():
+        for chunk in chunks:
+            params = [
+                f.get_db_prep_save(f.pre_save(obj, add=True), connection)
+                for obj in chunk
+                for f in fields
+            ]
+            with connection.cursor() as cursor:
+                cursor.execute(f"{head} VALUES {', '.join([row_sql] * len(chunk))}{suffix}", params)
 
 
 #: Parameters one swap puts in :func:`compare_and_swap_states`' statement, at most.

@@ -489,11 +489,8 @@ def write_score(
                 grade=grade,
                 max_grade=max_grade,
             )
-            StudentModule.objects.using(using).bulk_create(
-                [module],
-                update_conflicts=True,
-                update_fields=["grade", "max_grade", "modified"],
-                unique_fields=_unique_fields(connection, StudentModule),
+            sql.insert_rows(
+                connection, [module], update_on_conflict=["grade", "max_grade", "modified"]
             )
             if not recorded:
                 return ModuleRow(
@@ -518,13 +515,6 @@ def write_score(
 # Per-field scopes --------------------------------------------------------------------------
 
 
-def _unique_fields(connection: Any, model: type[Model]) -> list[str] | None:
-    if not connection.features.supports_update_conflicts_with_target:
-        return None  # MySQL/MariaDB's ON DUPLICATE KEY UPDATE takes no conflict target.
-    unique = next(c for c in model._meta.constraints if hasattr(c, "fields"))
-    return list(unique.fields)
-
-
 def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None:
     """Insert or update per-field rows in one statement.
 
@@ -540,12 +530,7 @@ def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None
     ordered = sorted(objs, key=lambda obj: tuple(str(getattr(obj, name)) for name in unique))
 
     def upsert() -> None:
-        model._default_manager.using(using).bulk_create(
-            ordered,
-            update_conflicts=True,
-            update_fields=["value", "modified"],
-            unique_fields=_unique_fields(connection, model),
-        )
+        sql.insert_rows(connection, ordered, update_on_conflict=["value", "modified"])
 
     _retrying_unless_atomic(using, upsert)
 
@@ -554,7 +539,9 @@ def delete_fields(using: str, model: type[Model], condition: Q) -> None:
     """Delete the per-field rows matching ``condition`` in one statement."""
 
     def delete() -> None:
-        model._default_manager.using(using).filter(condition).delete()
+        # QuerySet.delete() would wrap this one statement in a transaction (two more round
+        # trips in autocommit) for cascades and signals these tables do not have.
+        model._default_manager.using(using).filter(condition)._raw_delete(using)
 
     _retrying_unless_atomic(using, delete)
 

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from django.db import connections
 from opaque_keys.edx.asides import AsideUsageKeyV1, AsideUsageKeyV2
 from opaque_keys.edx.keys import UsageKey
 from opaque_keys.edx.locator import CourseLocator
@@ -22,6 +23,7 @@ from xblock.runtime import KeyValueStore, KvsFieldData
 from xblock.test.tools import TestRuntime
 
 from kvstate.model_data import FieldDataCache
+from kvstate.models import StudentModuleHistory
 
 COURSE_KEY = CourseLocator("kvstate", "ModelData", "2025")
 OTHER_COURSE_KEY = CourseLocator("kvstate", "Elsewhere", "2025")
@@ -158,3 +160,23 @@ def no_queries(test: Any) -> Iterator[None]:
         for alias in ALIASES:
             stack.enter_context(test.assertNumQueries(0, using=alias))
         yield
+
+
+class HistoryTableOnDefault:
+    """Create the history table on ``default`` for a test class that routes history there.
+
+    The router migrates it onto its own alias only. Created outside the class transaction:
+    SQLite's schema editor refuses to run inside one.
+    """
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        with connections["default"].schema_editor() as editor:
+            editor.create_model(StudentModuleHistory)
+        super().setUpClass()  # type: ignore[misc]
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()  # type: ignore[misc]
+        with connections["default"].schema_editor() as editor:
+            editor.delete_model(StudentModuleHistory)

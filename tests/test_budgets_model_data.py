@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connections
 from django.test import TestCase, override_settings
 from xblock.fields import Scope
 
@@ -31,6 +30,7 @@ from kvstate.testing.factories import (
 from tests.blocks import (
     COURSE_KEY,
     AuthoredBlock,
+    HistoryTableOnDefault,
     block,
     block_class,
     info_key,
@@ -212,7 +212,7 @@ class TestWriteBudgets(WriteBudgets, BudgetTestCase):
 
 
 @override_settings(DATABASE_ROUTERS=[])
-class TestBudgetsWithSharedHistory(WriteBudgets, BudgetTestCase):
+class TestBudgetsWithSharedHistory(HistoryTableOnDefault, WriteBudgets, BudgetTestCase):
     """History on ``default``: written inside the state's transaction, 1 more statement there.
 
     Without the router ``StudentModuleHistory`` lives on ``default``. The test database has no
@@ -220,19 +220,6 @@ class TestBudgetsWithSharedHistory(WriteBudgets, BudgetTestCase):
     """
 
     SHARED = True
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        # Outside the class transaction: SQLite's schema editor refuses to run inside one.
-        with connections["default"].schema_editor() as editor:
-            editor.create_model(StudentModuleHistory)
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        super().tearDownClass()
-        with connections["default"].schema_editor() as editor:
-            editor.delete_model(StudentModuleHistory)
 
     def test_history_is_on_default(self) -> None:
         with self.captureOnCommitCallbacks(using="default", execute=True):

@@ -31,7 +31,7 @@ from kvstate.testing.factories import (
     UserFactory,
     UserStateSummaryFactory,
 )
-from tests.blocks import COURSE_KEY, Key, block, key, rebuilt, usage
+from tests.blocks import COURSE_KEY, HistoryTableOnDefault, Key, block, key, rebuilt, usage
 
 DATABASES = {"default", "student_module_history"}
 FIELDS = ("answer", "attempts", "tally", "theme", "nickname")
@@ -212,24 +212,12 @@ class TestHistoryFailures(FaultTestCase):
         self.assert_truthful(["answer"], kv_dict)
 
 
-class TestSharedHistoryFailures(FaultTestCase):
+class TestSharedHistoryFailures(HistoryTableOnDefault, FaultTestCase):
     """History on ``default`` is written in the state's transaction: its failure undoes both.
 
     The routers are dropped inside the test only: TransactionTestCase's flush after it must
     still keep auth and contenttypes off the history alias.
     """
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        with connections["default"].schema_editor() as editor:
-            editor.create_model(StudentModuleHistory)
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        super().tearDownClass()
-        with connections["default"].schema_editor() as editor:
-            editor.delete_model(StudentModuleHistory)
 
     @override_settings(DATABASE_ROUTERS=[])
     def test_history_failure_rolls_back_the_state(self) -> None:

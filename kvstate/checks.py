@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.core import checks
+from django.db import router
 
 from kvstate.conf import HISTORY_ALIAS, settings
 
@@ -36,11 +37,63 @@ def check_history_routing(**kwargs: Any) -> list[checks.CheckMessage]:
                 id="kvstate.E002",
             )
         )
+    if settings.history_alias_configured and settings.history_router_installed:
+        errors.extend(_check_history_routes())
     return errors
 
 
+def _check_history_routes() -> list[checks.CheckMessage]:
+    """StudentModuleHistory's reads, writes and migrations all reach the history alias.
+
+    Django asks routers in ``DATABASE_ROUTERS`` order and takes the first answer, so a router
+    listed before kvstate's (a read/write split, say) can claim the history model.
+    """
+    from kvstate.models import StudentModuleHistory
+
+    wrong: list[str] = []
+    answered: dict[str, None] = {}
+    for kind, method in (("reads", "db_for_read"), ("writes", "db_for_write")):
+        alias = getattr(router, method)(StudentModuleHistory)
+        if alias != HISTORY_ALIAS:
+            wrong.append(f"{kind} to {alias!r}")
+            answered[_deciding_router(method, StudentModuleHistory)] = None
+    meta = StudentModuleHistory._meta
+    for alias in django_settings.DATABASES:
+        allowed = router.allow_migrate(alias, meta.app_label, model_name=meta.model_name)
+        if bool(allowed) != (alias == HISTORY_ALIAS):
+            verb = "migrations to" if allowed else "no migrations to"
+            wrong.append(f"{verb} {alias!r}")
+            answered[
+                _deciding_router("allow_migrate", alias, meta.app_label, model_name=meta.model_name)
+            ] = None
+    if not wrong:
+        return []
+    return [
+        checks.Error(
+            f"StudentModuleHistory must be read, written and migrated on {HISTORY_ALIAS!r}, "
+            f"but DATABASE_ROUTERS sends {', '.join(wrong)}; answered by "
+            f"{', '.join(answered)}. History writes would fail or land on the wrong database.",
+            hint=(
+                f"List {_ROUTER!r} first in DATABASE_ROUTERS (Django takes the first router's "
+                "answer), or make the other router return None for StudentModuleHistory."
+            ),
+            id="kvstate.E005",
+        )
+    ]
+
+
+def _deciding_router(method: str, *args: Any, **hints: Any) -> str:
+    """Return the dotted path of the first router with an answer, as Django asks them."""
+    for candidate in router.routers:
+        decide = getattr(candidate, method, None)
+        if decide is not None and decide(*args, **hints) is not None:
+            return f"{type(candidate).__module__}.{type(candidate).__qualname__}"
+    return "Django's default (no router answered)"
+
+
 def check_value_settings(**kwargs: Any) -> list[checks.CheckMessage]:
-    """``KVSTATE_HISTORY_BLOCK_TYPES`` and ``KVSTATE_MAX_VALUE_BYTES`` have usable values."""
+    """The value settings (``KVSTATE_HISTORY_BLOCK_TYPES``, ``..._MAX_VALUE_BYTES``,
+    ``..._READ_ALIAS``, ``..._CONFLICT_RETRIES``) have usable values."""
     errors: list[checks.CheckMessage] = []
     block_types = getattr(django_settings, "KVSTATE_HISTORY_BLOCK_TYPES", None)
     if block_types is not None and block_types != "__all__" and not _is_str_collection(block_types):
@@ -58,6 +111,29 @@ def check_value_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 f"KVSTATE_MAX_VALUE_BYTES is {limit!r}.",
                 hint="Use a positive number of bytes, or None to disable the limit.",
                 id="kvstate.E004",
+            )
+        )
+    read_alias = getattr(django_settings, "KVSTATE_READ_ALIAS", None)
+    if read_alias is not None and (
+        not isinstance(read_alias, str) or read_alias not in django_settings.DATABASES
+    ):
+        errors.append(
+            checks.Error(
+                f"KVSTATE_READ_ALIAS is {read_alias!r}, which names no alias in DATABASES.",
+                hint=(
+                    "Name the DATABASES alias of a replica of the learner state tables, or "
+                    "None to let DATABASE_ROUTERS choose."
+                ),
+                id="kvstate.E006",
+            )
+        )
+    retries = getattr(django_settings, "KVSTATE_CONFLICT_RETRIES", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        errors.append(
+            checks.Error(
+                f"KVSTATE_CONFLICT_RETRIES is {retries!r}.",
+                hint="Use a number of retries: an integer, 0 or more (default 30).",
+                id="kvstate.E007",
             )
         )
     return errors

@@ -15,6 +15,9 @@ DEFAULT_HISTORY_BLOCK_TYPES: frozenset[str] = frozenset({"problem"})
 
 DEFAULT_MAX_VALUE_BYTES = 2 * 1024 * 1024
 
+#: Enough for 8 writers of one learner spread over a 3-node Galera cluster (see the README).
+DEFAULT_CONFLICT_RETRIES = 30
+
 
 class _Settings:
     """Typed, live view of the ``KVSTATE_*`` settings."""
@@ -40,6 +43,26 @@ class _Settings:
         value: int | None = getattr(
             django_settings, "KVSTATE_MAX_VALUE_BYTES", DEFAULT_MAX_VALUE_BYTES
         )
+        return value
+
+    @property
+    def CONFLICT_RETRIES(self) -> int:
+        """How often a write that lost a deadlock or certification conflict is run again.
+
+        ``KVSTATE_CONFLICT_RETRIES``, default 30; each retry waits with exponential backoff
+        and full jitter (:func:`kvstate.storage.conflict_pause`).
+        """
+        value: int = getattr(django_settings, "KVSTATE_CONFLICT_RETRIES", DEFAULT_CONFLICT_RETRIES)
+        return value
+
+    @property
+    def READ_ALIAS(self) -> str | None:
+        """The alias read-only work (iteration, reports) reads from; ``None``: the router's.
+
+        ``KVSTATE_READ_ALIAS``, default ``None``. Never used for reads that feed a write or a
+        learner's request: those go to ``router.db_for_write``.
+        """
+        value: str | None = getattr(django_settings, "KVSTATE_READ_ALIAS", None)
         return value
 
     @property

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
-from django.db import DatabaseError, connections, router, transaction
+from django.db import DatabaseError, connections, router
 from django.db.models import Model, Q
 from django.utils import timezone
 from opaque_keys.edx.asides import AsideUsageKeyV1, AsideUsageKeyV2
@@ -30,6 +30,7 @@ from xblock.plugin import PluginMissingError
 from xblock.runtime import KeyValueStore
 
 from kvstate import sql, storage
+from kvstate.exceptions import WriteOutcomeUnknown
 from kvstate.models import (
     StudentModule,
     XModuleStudentInfoField,
@@ -91,10 +92,16 @@ def _aside_usage_keys(usage_id: UsageKey, aside_type: str) -> tuple[UsageKey, Us
 
 @dataclass(frozen=True)
 class _Write:
-    """A write one scope cache prepared and checked: how to run it, and to record its result."""
+    """A write one scope cache prepared and checked: how to run it, and to record its result.
+
+    ``forget`` is for a write whose outcome is unknown (the connection was lost at COMMIT):
+    the cache then neither keeps the old values nor claims the new ones, and reloads the keys
+    on their next read.
+    """
 
     run: Callable[[], Any]
     remember: Callable[[Any], None]
+    forget: Callable[[], None]
 
 
 class _ScopeCache:
@@ -140,8 +147,11 @@ class UserStateCache(_ScopeCache):
     def __init__(self, cache: FieldDataCache) -> None:
         super().__init__(cache)
         self._rows: dict[tuple[str, str], ModuleRow] = {}
+        #: Rows a write of unknown outcome touched: reloaded on their next read.
+        self._unknown: dict[tuple[str, str], Target] = {}
 
     def __len__(self) -> int:
+        self._reload_unknown()
         return sum(1 for row in self._rows.values() if row.visible)
 
     def _target(self, key: KvsKey) -> Target:
@@ -149,12 +159,27 @@ class UserStateCache(_ScopeCache):
 
     def load(self, fields: Mapping[Any, set[str]]) -> None:
         targets = [Target.of(usage_key) for usage_key in fields]
+        self._load(targets)
+
+    def _load(self, targets: list[Target]) -> None:
+        # The write alias, not the read one: what is read here is merged and written back.
         found = storage.fetch_modules(storage.state_alias(), self.owner.user_id, targets)
         for target, row in found.items():
             self._rows[target.stored] = row
 
+    def _reload_unknown(self) -> None:
+        if self._unknown:
+            self._load(list(self._unknown.values()))
+            self._unknown.clear()
+
+    def _row(self, key: KvsKey) -> ModuleRow | None:
+        stored = self._target(key).stored
+        if stored in self._unknown:
+            self._reload_unknown()
+        return self._rows.get(stored)
+
     def _state(self, key: KvsKey) -> dict[str, Any]:
-        row = self._rows.get(self._target(key).stored)
+        row = self._row(key)
         return row.state if row is not None else {}
 
     def get(self, key: KvsKey) -> Any:
@@ -164,7 +189,7 @@ class UserStateCache(_ScopeCache):
         return key.field_name in self._state(key)
 
     def last_modified(self, key: KvsKey) -> datetime | None:
-        row = self._rows.get(self._target(key).stored)
+        row = self._row(key)
         return row.modified if row is not None and row.visible else None
 
     def plan_set(self, items: Mapping[KvsKey, Any]) -> _Write:
@@ -209,7 +234,12 @@ class UserStateCache(_ScopeCache):
             for target, row in rows.items():
                 self._rows[target.stored] = row
 
-        return _Write(run, remember)
+        def forget() -> None:
+            for target in changes:
+                self._rows.pop(target.stored, None)
+                self._unknown[target.stored] = target
+
+        return _Write(run, remember, forget)
 
 
 class _FieldCache(_ScopeCache):
@@ -224,8 +254,11 @@ class _FieldCache(_ScopeCache):
         super().__init__(cache)
         # (stored owner, field name) -> (value, modified)
         self._values: dict[tuple[str, str], tuple[Any, datetime]] = {}
+        #: Keys a write of unknown outcome touched, with their owners: reloaded on next read.
+        self._unknown: dict[tuple[str, str], Any] = {}
 
     def __len__(self) -> int:
+        self._reload_unknown()
         return len(self._values)
 
     # What differs per scope.
@@ -253,7 +286,9 @@ class _FieldCache(_ScopeCache):
         owners = sorted({self._stored_owner(owner) for owner in fields})
         if not names:
             return
-        using = router.db_for_read(self.model)
+        # The write alias, not the read one: a replica's stale value would be written back by
+        # blocks that read, change and save (a poll's tally, a counter).
+        using = router.db_for_write(self.model)
         reserved = len(names) + 1
         size = max(sql.max_query_params(connections[using]) - reserved, 1)
         for chunk in storage.chunked(owners, size):
@@ -268,19 +303,40 @@ class _FieldCache(_ScopeCache):
             for name, text, modified, *owner in query.values_list(*columns):
                 self._values[owner[0] if owner else "", name] = (json.loads(text), modified)
 
+    def _reload_unknown(self) -> None:
+        if not self._unknown:
+            return
+        fields: dict[Any, set[str]] = {}
+        for (_stored_owner, name), owner in self._unknown.items():
+            fields.setdefault(owner, set()).add(name)
+        self.load(fields)
+        self._unknown.clear()
+
+    def _fresh_key(self, key: KvsKey) -> tuple[str, str]:
+        cache_key = self._cache_key(key)
+        if cache_key in self._unknown:
+            self._reload_unknown()
+        return cache_key
+
     def get(self, key: KvsKey) -> Any:
-        return _fresh(self._values[self._cache_key(key)][0])
+        return _fresh(self._values[self._fresh_key(key)][0])
 
     def has(self, key: KvsKey) -> bool:
-        return self._cache_key(key) in self._values
+        return self._fresh_key(key) in self._values
 
     def last_modified(self, key: KvsKey) -> datetime | None:
-        found = self._values.get(self._cache_key(key))
+        found = self._values.get(self._fresh_key(key))
         return found[1] if found is not None else None
+
+    def _forget(self, owners: Mapping[tuple[str, str], Any]) -> None:
+        for cache_key, owner in owners.items():
+            self._values.pop(cache_key, None)
+            self._unknown[cache_key] = owner
 
     def plan_set(self, items: Mapping[KvsKey, Any]) -> _Write:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         values: dict[tuple[str, str], Any] = {}
+        owners: dict[tuple[str, str], Any] = {}
         for key, value in items.items():
             check_field_name(key.field_name, self.model.FIELD_NAME_MAX_LENGTH)  # type: ignore[attr-defined]
             check_column_text("field name", key.field_name)
@@ -295,6 +351,7 @@ class _FieldCache(_ScopeCache):
             if self.owner_field is not None:
                 rows[cache_key][self.owner_field] = owner
             values[cache_key] = json.loads(text)
+            owners[cache_key] = owner
 
         def run() -> dict[tuple[str, str], datetime]:
             if not self.persistent:
@@ -309,15 +366,16 @@ class _FieldCache(_ScopeCache):
             for cache_key, when in modified.items():
                 self._values[cache_key] = (values[cache_key], when)
 
-        return _Write(run, remember)
+        return _Write(run, remember, lambda: self._forget(owners))
 
     def plan_delete(self, key: KvsKey) -> _Write:
-        cache_key = self._cache_key(key)
+        cache_key = self._fresh_key(key)
         if cache_key not in self._values:
             raise KeyError(key.field_name)
+        owner = self.owner_of(key)
         condition = Q(field_name=key.field_name, **self.row_filter())
         if self.owner_field is not None:
-            condition &= Q(**{self.owner_field: self.owner_of(key)})
+            condition &= Q(**{self.owner_field: owner})
 
         def run() -> None:
             if self.persistent:
@@ -326,7 +384,7 @@ class _FieldCache(_ScopeCache):
         def remember(_: None) -> None:
             del self._values[cache_key]
 
-        return _Write(run, remember)
+        return _Write(run, remember, lambda: self._forget({cache_key: owner}))
 
 
 class UserStateSummaryCache(_FieldCache):
@@ -557,6 +615,8 @@ class FieldDataCache:
         try:
             self._run(writes)
         except DatabaseError as exc:
+            # [] also when the outcome is unknown (WriteOutcomeUnknown): XBlock then retries
+            # every field, which is safe, where naming one that was not saved would lose it.
             raise KeyValueMultiSaveError([]) from exc
 
     def delete(self, key: KvsKey) -> None:
@@ -567,7 +627,21 @@ class FieldDataCache:
         self._run([scope_cache.plan_delete(key)])
 
     def _run(self, writes: list[_Write]) -> None:
-        """Run ``writes`` all-or-nothing, then record them in the cache."""
+        """Run ``writes`` all-or-nothing, then record them in the cache.
+
+        When the outcome is unknown (:class:`~kvstate.exceptions.WriteOutcomeUnknown`) the
+        cache forgets what the writes touched and reloads it on the next read.
+        """
+        try:
+            results = self._run_writes(writes)
+        except WriteOutcomeUnknown:
+            for write in writes:
+                write.forget()
+            raise
+        for write, result in zip(writes, results, strict=True):
+            write.remember(result)
+
+    def _run_writes(self, writes: list[_Write]) -> list[Any]:
         if len(writes) > 1 and self.persistent:
             # Several scopes: one transaction. It joins the caller's transaction if there is
             # one, as Django's own multi-statement writes do; else kvstate owns it and retries
@@ -575,15 +649,12 @@ class FieldDataCache:
             using = storage.state_alias()
 
             def attempt() -> list[Any]:
-                with transaction.atomic(using, savepoint=False):
+                with storage.committing(using, atomic=True):
                     return [write.run() for write in writes]
 
             in_transaction = connections[using].in_atomic_block
-            results = attempt() if in_transaction else storage.retrying_conflicts(using, attempt)
-        else:
-            results = [write.run() for write in writes]
-        for write, result in zip(writes, results, strict=True):
-            write.remember(result)
+            return attempt() if in_transaction else storage.retrying_conflicts(using, attempt)
+        return [write.run() for write in writes]
 
     def _scope_cache(self, key: KvsKey) -> tuple[_ScopeCache, KvsKey]:
         """Return the cache of ``key``'s scope and the key with its named scope; or raise."""
@@ -695,7 +766,12 @@ def set_score(
 
 
 def get_score(user_id: int, usage_key: UsageKey) -> StudentModule | None:
-    """Return the learner's ``StudentModule`` for a block (with its grade), or ``None``."""
-    return StudentModule.objects.filter(
-        student_id=user_id, module_state_key=usage_key, course_id=usage_key.context_key
-    ).first()
+    """Return the learner's ``StudentModule`` for a block (with its grade), or ``None``.
+
+    Read from the write alias: a grade just stored must not read as the old one.
+    """
+    return (
+        StudentModule.objects.using(storage.state_alias())
+        .filter(student_id=user_id, module_state_key=usage_key, course_id=usage_key.context_key)
+        .first()
+    )

@@ -1,15 +1,29 @@
-"""Send ``StudentModuleHistory`` to its own database when one is configured."""
+"""Send ``StudentModuleHistory`` to its own database when one is configured; pick read aliases.
+
+Reads that feed a write or a learner's request always go to ``router.db_for_write`` of their
+model, so a primary/replica router can never make kvstate read a stale value and write it
+back. Only read-only work (iteration, reports) may read elsewhere: :func:`read_alias`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 
 from kvstate.conf import HISTORY_ALIAS, settings
 
 _APP_LABEL = "kvstate"
 _HISTORY_MODEL = "studentmodulehistory"
+
+
+def read_alias(model: type[models.Model], using: str | None = None) -> str:
+    """Return the alias read-only work on ``model`` reads from.
+
+    ``using`` when given, else ``KVSTATE_READ_ALIAS`` when set, else the routers' read alias.
+    Such reads may lag the primary by the replica's replication delay.
+    """
+    return using or settings.READ_ALIAS or router.db_for_read(model)
 
 
 def _is_history(model: type[models.Model] | None) -> bool:

@@ -134,9 +134,10 @@ def insert_modules(
     """Insert ``rows``, silently skipping those that hit a unique constraint.
 
     One statement. Returns ``{key: id}`` for the rows this statement inserted, keyed by the
-    values of ``key_columns``; ``None`` when the backend cannot say (MySQL 8 has no
-    ``RETURNING``), in which case the caller reads the rows back. A concurrent first write of
-    the same row is therefore not an error: the loser merges into the winner's row.
+    values of ``key_columns``; ``None`` when the returned rows cannot be trusted (see
+    :func:`trusts_returned_rows`), in which case the caller reads the rows back. A concurrent
+    first write of the same row is therefore not an error: the loser merges into the winner's
+    row.
     """
     qn = connection.ops.quote_name
     column_sql = ", ".join(qn(c) for c in columns)
@@ -149,7 +150,7 @@ def insert_modules(
         sql = f"INSERT IGNORE INTO {qn(table)} ({column_sql}) VALUES {values_sql}"
     else:
         sql = f"INSERT INTO {qn(table)} ({column_sql}) VALUES {values_sql} ON CONFLICT DO NOTHING"
-    returning = connection.features.can_return_rows_from_bulk_insert
+    returning = trusts_returned_rows(connection)
     if returning:
         sql += " RETURNING " + ", ".join(qn(c) for c in ("id", *key_columns))
     with connection.cursor() as cursor:
@@ -157,6 +158,19 @@ def insert_modules(
         if not returning:
             return None
         return {tuple(found[1:]): found[0] for found in cursor.fetchall()}
+
+
+def trusts_returned_rows(connection: BaseDatabaseWrapper) -> bool:
+    """Return whether the rows an ``INSERT ... RETURNING`` sends back are the rows it inserted.
+
+    Not on MySQL 8 (no ``RETURNING``), and not on MySQL/MariaDB in autocommit: a Galera node
+    (``wsrep_retry_autocommit``, default 1) silently re-runs an autocommit statement that lost
+    certification, and the client receives the aborted attempt's rows although they were never
+    inserted. Inside a transaction nothing is retried behind the client's back.
+    """
+    if not connection.features.can_return_rows_from_bulk_insert:
+        return False
+    return connection.vendor != "mysql" or not connection.get_autocommit()
 
 
 def compare_and_swap_states(
@@ -256,6 +270,39 @@ def is_retryable_conflict(connection: BaseDatabaseWrapper, exc: BaseException) -
         # ER_LOCK_DEADLOCK; ER_CHECKREAD, MariaDB's serialization failure under REPEATABLE READ
         # with innodb_snapshot_isolation (the default from MariaDB 11.6).
         return bool(args) and args[0] in {1213, 1020}
+    return False
+
+
+#: MySQL/MariaDB client errors for a connection that is gone: CR_SERVER_GONE_ERROR,
+#: CR_SERVER_LOST, CR_SERVER_LOST_EXTENDED; server errors that end the session:
+#: ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED (MariaDB), ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8).
+_MYSQL_CONNECTION_LOST = {2006, 2013, 2055, 1053, 1927, 4031}
+
+
+def connection_lost(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
+    """Return whether ``exc`` means the connection is gone, so a commit's outcome is unknown.
+
+    An error the server reported on a live connection (a deadlock, a constraint) is not: the
+    statement or transaction it ended did not commit.
+    """
+    cause = exc.__cause__ or exc
+    raw = connection.connection
+    if raw is None:
+        return True  # Django closed it after a failed rollback
+    if connection.vendor == "mysql":
+        args: tuple[Any, ...] = getattr(cause, "args", ())
+        return (bool(args) and args[0] in _MYSQL_CONNECTION_LOST) or not raw.open
+    if connection.vendor == "postgresql":
+        sqlstate = getattr(cause, "sqlstate", None)
+        if sqlstate is not None:
+            # connection_exception; admin_shutdown, crash_shutdown, cannot_connect_now
+            return sqlstate.startswith("08") or sqlstate in {"57P01", "57P02", "57P03"}
+        return bool(raw.closed or raw.broken)
+    # SQLite runs in-process: its connection is lost only when something closed it.
+    try:
+        raw.total_changes  # noqa: B018  # raises on a closed connection
+    except sqlite3.ProgrammingError:
+        return True
     return False
 
 

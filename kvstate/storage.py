@@ -12,6 +12,7 @@ Per-field rows (summary, preferences, info) are upserted or deleted in one state
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -30,6 +31,8 @@ from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
 from kvstate import history, sql
+from kvstate.conf import settings
+from kvstate.exceptions import WriteOutcomeUnknown
 from kvstate.models import StudentModule
 from kvstate.validation import check_length, check_size
 
@@ -40,12 +43,14 @@ T = TypeVar("T")
 #: Give up after this many lost compare-and-swap rounds in a row. Each lost round means another
 #: writer committed in between, so the system as a whole keeps making progress.
 MAX_SWAP_ROUNDS = 50
-#: A deadlock or serialization failure rolls back the whole transaction; retry it this many
-#: times when kvstate owns it. Like a lost swap, each one means another writer won.
-MAX_CONFLICT_RETRIES = 10
-#: Upper bound of the random pause before retrying a conflict, in seconds. Two transactions
-#: that deadlocked and restart at the same instant tend to deadlock again.
-MAX_CONFLICT_PAUSE = 0.05
+#: A deadlock, serialization or (Galera) certification failure rolls back the whole
+#: transaction; kvstate runs it again, ``KVSTATE_CONFLICT_RETRIES`` times at most, when it owns
+#: it. Like a lost swap, each one means another writer won. Before retry n (from 1) it pauses
+#: a random time between 0 and min(CONFLICT_PAUSE_CAP, CONFLICT_PAUSE_BASE * 2 ** (n - 1))
+#: seconds ("full jitter"): writers that collided and restart at the same instant tend to
+#: collide again, and a cluster under load needs them to spread out more the longer it lasts.
+CONFLICT_PAUSE_BASE = 0.005
+CONFLICT_PAUSE_CAP = 0.2
 
 _MODULE_COLUMNS = (
     "id",
@@ -65,7 +70,7 @@ class Stats:
     ``swaps_lost``: compare-and-swap rounds in which another writer changed a row first;
     ``inserts_lost``: rows another writer created first; ``transactions_retried``: whole
     writes run again after a deadlock or serialization failure; ``most_retries``: the most
-    retries one write needed (against ``MAX_CONFLICT_RETRIES``).
+    retries one write needed (against ``KVSTATE_CONFLICT_RETRIES``).
     """
 
     swaps_lost: int = 0
@@ -286,7 +291,7 @@ def write_user_states(
     one_statement = len(changes) == 1 and not history_inline
 
     def attempt() -> dict[Target, ModuleRow]:
-        with nullcontext() if one_statement else transaction.atomic(using, savepoint=False):
+        with committing(using, atomic=not one_statement):
             rows = _merge(using, student_id, changes, dict(known))
             history.record([rows[t] for t in recorded if t in rows], state_using=using)
         return rows
@@ -299,21 +304,65 @@ def write_user_states(
 def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` (which owns its transaction), retrying it whole after a deadlock.
 
-    Serialization failures (REPEATABLE READ and stricter) are retried likewise. Lock wait
-    timeouts are not: they surface (SPEC §4).
+    Serialization failures (REPEATABLE READ and stricter) and Galera certification failures
+    (reported as deadlocks) are retried likewise, up to ``KVSTATE_CONFLICT_RETRIES`` times with
+    exponential backoff and full jitter (:func:`conflict_pause`). Lock wait timeouts are not
+    retried: they surface (SPEC §4); nor is a write whose outcome is unknown.
     """
     connection = connections[using]
-    for attempt in range(MAX_CONFLICT_RETRIES + 1):
+    retries = settings.CONFLICT_RETRIES
+    for attempt in range(retries + 1):
         try:
             return fn()
+        except WriteOutcomeUnknown:
+            raise
         except DatabaseError as exc:
-            if attempt == MAX_CONFLICT_RETRIES or not sql.is_retryable_conflict(connection, exc):
+            if attempt == retries or not sql.is_retryable_conflict(connection, exc):
                 raise
             stats.add("transactions_retried")
             stats.at_least("most_retries", attempt + 1)
             log.info("kvstate: transaction conflict writing learner state, retrying: %s", exc)
-            time.sleep(random.uniform(0, MAX_CONFLICT_PAUSE))
+            time.sleep(conflict_pause(attempt + 1))
     raise AssertionError("unreachable")
+
+
+def conflict_pause(retry: int) -> float:
+    """Return how long to wait before conflict retry number ``retry`` (1, 2, ...), in seconds.
+
+    Exponential backoff with full jitter: uniform between 0 and a ceiling that doubles with
+    each retry, from ``CONFLICT_PAUSE_BASE`` up to ``CONFLICT_PAUSE_CAP``.
+    """
+    ceiling = min(CONFLICT_PAUSE_CAP, CONFLICT_PAUSE_BASE * 2 ** min(retry - 1, 32))
+    return random.uniform(0, ceiling)
+
+
+@contextlib.contextmanager
+def committing(using: str, *, atomic: bool) -> Iterator[None]:
+    """Run a write in one transaction (``atomic``), or statement by statement in autocommit.
+
+    Inside the caller's transaction this only joins it: the caller commits, and learns the
+    outcome. Otherwise a commit is kvstate's: at the end of the block, or at every write
+    statement in autocommit. A connection lost there leaves the outcome unknown (the server
+    may have committed just before), which raises :class:`WriteOutcomeUnknown`; the broken
+    connection is closed so the next query opens a new one. A connection lost inside kvstate's
+    transaction before its COMMIT is not unknown: the server rolls such a transaction back.
+    """
+    connection = connections[using]
+    if connection.in_atomic_block:
+        with transaction.atomic(using, savepoint=False) if atomic else nullcontext():
+            yield
+        return
+    at_commit = not atomic
+    try:
+        with transaction.atomic(using, savepoint=False) if atomic else nullcontext():
+            yield
+            at_commit = True
+    except DatabaseError as exc:
+        if not (at_commit and sql.connection_lost(connection, exc)):
+            raise
+        with contextlib.suppress(DatabaseError):
+            connection.close()
+        raise WriteOutcomeUnknown(using) from exc
 
 
 def _merge(
@@ -479,7 +528,7 @@ def write_score(
     history_inline = recorded and history.alias() == using
 
     def attempt() -> ModuleRow:
-        with transaction.atomic(using, savepoint=False) if history_inline else nullcontext():
+        with committing(using, atomic=history_inline):
             module = StudentModule(
                 student_id=student_id,
                 module_state_key=target.usage_key,
@@ -556,5 +605,10 @@ def _retrying_unless_atomic(using: str, fn: Callable[[], None]) -> None:
     # did: only the transaction's owner can retry.
     if connections[using].in_atomic_block:
         fn()
-    else:
-        retrying_conflicts(using, fn)
+        return
+
+    def autocommitted() -> None:
+        with committing(using, atomic=False):
+            fn()
+
+    retrying_conflicts(using, autocommitted)

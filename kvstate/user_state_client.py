@@ -13,6 +13,7 @@ from xblock.fields import Scope, ScopeBase
 
 from kvstate import history, storage
 from kvstate.models import StudentModule, StudentModuleQuerySet
+from kvstate.routers import read_alias
 from kvstate.storage import StateChange, Target
 from kvstate.validation import check_field_name, check_usage_key, to_json
 
@@ -89,24 +90,33 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
             yield XBlockUserState(username, block_key, state, entry.created, scope)
 
     def iter_all_for_block(
-        self, block_key: UsageKey, scope: ScopeBase = Scope.user_state
+        self, block_key: UsageKey, scope: ScopeBase = Scope.user_state, *, using: str | None = None
     ) -> Iterator[XBlockUserState]:
-        """Yield every learner's stored state for one block, page by page (no order promised)."""
+        """Yield every learner's stored state for one block, page by page (no order promised).
+
+        Read-only work, so it may read a replica: ``using``, else ``KVSTATE_READ_ALIAS``, else
+        the routers' read alias (:func:`kvstate.routers.read_alias`).
+        """
         _check_scope(scope)
         target = Target.of(check_usage_key(block_key))
         rows = StudentModule.objects.filter(
             module_state_key=target.usage_key, course_id=target.course_id
         )
         # Index (module_id, id) serves the pages in order.
-        yield from self._iterate(rows, ("id",), scope)
+        yield from self._iterate(rows, ("id",), scope, using)
 
     def iter_all_for_course(
         self,
         course_key: LearningContextKey,
         block_type: str | None = None,
         scope: ScopeBase = Scope.user_state,
+        *,
+        using: str | None = None,
     ) -> Iterator[XBlockUserState]:
-        """Yield every stored state in a course (or of one block type in it), page by page."""
+        """Yield every stored state in a course (or of one block type in it), page by page.
+
+        Reads from ``using`` or the read alias, as :meth:`iter_all_for_block`.
+        """
         _check_scope(scope)
         rows = StudentModule.objects.filter(course_id=course_key)
         # Index (course_id, module_type, id) serves both orderings in order.
@@ -114,10 +124,14 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         if block_type is not None:
             rows = rows.filter(module_type=block_type)
             order = ("id",)
-        yield from self._iterate(rows, order, scope)
+        yield from self._iterate(rows, order, scope, using)
 
     def _iterate(
-        self, rows: StudentModuleQuerySet, order: Sequence[str], scope: ScopeBase
+        self,
+        rows: StudentModuleQuerySet,
+        order: Sequence[str],
+        scope: ScopeBase,
+        using: str | None,
     ) -> Iterator[XBlockUserState]:
         """Walk ``rows`` in pages by keyset on ``order`` (no OFFSET), skipping empty states.
 
@@ -125,8 +139,8 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         learner); memory stays at one page. R rows take ceil(R / page) statements, plus one
         that finds nothing when R is a multiple of the page size.
         """
-        using = router.db_for_read(StudentModule)
-        visible = rows.using(using).exclude(state__isnull=True).exclude(state=_DELETED)
+        rows = rows.using(read_alias(StudentModule, using))
+        visible = rows.exclude(state__isnull=True).exclude(state=_DELETED)
         columns = ("module_state_key", "course_id", "student__username", "state", "modified")
         size = self.iteration_page_size
         after: tuple[Any, ...] | None = None
@@ -201,8 +215,10 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         """Return the id of the user ``username`` (None if there is none), looked up once."""
         if username not in self._user_ids:
             user_model = get_user_model()
+            # The write alias: a learner created a moment ago may not be on a replica yet.
             found = (
-                user_model._default_manager.filter(**{user_model.USERNAME_FIELD: username})
+                user_model._default_manager.using(router.db_for_write(user_model))
+                .filter(**{user_model.USERNAME_FIELD: username})
                 .values_list("pk", flat=True)
                 .first()
             )

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import StringIO
+from typing import Any
 
 from django.conf import settings
 from django.core.checks import run_checks
@@ -25,6 +26,29 @@ class OtherRouter:
 
 class SubRouter(StudentModuleHistoryRouter):
     """A project's own router built on kvstate's."""
+
+
+class SplitRouter:
+    """An ordinary read/write split: reads to a replica, writes and migrations to the primary."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str:
+        return "replica"
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return "default"
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+        return db == "default"
+
+
+class MigrateEverywhereRouter:
+    """A router with an opinion on migrations only: everything migrates everywhere."""
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+        return True
+
+
+SPLIT_ROUTER = "tests.test_checks.SplitRouter"
 
 
 def kvstate_check_ids() -> list[str]:
@@ -86,6 +110,44 @@ class HistoryRoutingChecksTests(SimpleTestCase):
         assert kvstate_check_ids() == []
 
 
+def kvstate_messages() -> list[str]:
+    """Return kvstate's check messages with their hints."""
+    return [f"{m.msg} {m.hint}" for m in run_checks() if m.id and m.id.startswith("kvstate.")]
+
+
+class RouterOrderChecksTests(SimpleTestCase):
+    """E005: history must route read, write and migrate to its alias, whatever router answers."""
+
+    @override_settings(DATABASE_ROUTERS=[SPLIT_ROUTER, ROUTER])
+    def test_e005_split_router_listed_first(self) -> None:
+        assert kvstate_check_ids() == ["kvstate.E005"]
+        [message] = kvstate_messages()
+        # Names what went wrong, the router that answered, and the fix.
+        assert "reads to 'replica'" in message
+        assert "writes to 'default'" in message
+        assert SPLIT_ROUTER in message
+        assert f"List {ROUTER!r} first in DATABASE_ROUTERS" in message
+
+    @override_settings(DATABASE_ROUTERS=[ROUTER, SPLIT_ROUTER])
+    def test_kvstate_router_listed_first_is_clean(self) -> None:
+        assert kvstate_check_ids() == []
+
+    @override_settings(
+        DATABASE_ROUTERS=["tests.test_checks.MigrateEverywhereRouter", ROUTER, SPLIT_ROUTER]
+    )
+    def test_e005_a_router_that_only_claims_migrations(self) -> None:
+        # Reads and writes reach kvstate's router; migrations of history on the history alias
+        # are still allowed, but so they are on 'default': only the history alias may have it.
+        assert kvstate_check_ids() == ["kvstate.E005"]
+        [message] = kvstate_messages()
+        assert "migrations to 'default'" in message
+        assert "tests.test_checks.MigrateEverywhereRouter" in message
+
+    def test_no_history_alias_no_e005(self) -> None:
+        with without_history_alias(), override_settings(DATABASE_ROUTERS=[SPLIT_ROUTER]):
+            assert kvstate_check_ids() == []
+
+
 class ValueSettingsChecksTests(SimpleTestCase):
     def test_e003_bad_history_block_types(self) -> None:
         # A bare string would be taken as a set of one-letter block types.
@@ -108,11 +170,41 @@ class ValueSettingsChecksTests(SimpleTestCase):
             with self.subTest(value=value), override_settings(KVSTATE_MAX_VALUE_BYTES=value):
                 assert kvstate_check_ids() == []
 
+    def test_e006_read_alias_names_no_database(self) -> None:
+        for value in ("replica", "", 5, ["default"]):
+            with self.subTest(value=value), override_settings(KVSTATE_READ_ALIAS=value):
+                assert kvstate_check_ids() == ["kvstate.E006"]
+
+    def test_good_read_alias(self) -> None:
+        for value in (None, "default", HISTORY_ALIAS):
+            with self.subTest(value=value), override_settings(KVSTATE_READ_ALIAS=value):
+                assert kvstate_check_ids() == []
+
+    def test_e007_bad_conflict_retries(self) -> None:
+        for value in (-1, 1.5, "30", True, None, [3]):
+            with self.subTest(value=value), override_settings(KVSTATE_CONFLICT_RETRIES=value):
+                assert kvstate_check_ids() == ["kvstate.E007"]
+
+    def test_good_conflict_retries(self) -> None:
+        for value in (0, 1, 30, 1000):
+            with self.subTest(value=value), override_settings(KVSTATE_CONFLICT_RETRIES=value):
+                assert kvstate_check_ids() == []
+
     @override_settings(
-        DATABASE_ROUTERS=[], KVSTATE_HISTORY_BLOCK_TYPES="problem", KVSTATE_MAX_VALUE_BYTES=0
+        DATABASE_ROUTERS=[],
+        KVSTATE_HISTORY_BLOCK_TYPES="problem",
+        KVSTATE_MAX_VALUE_BYTES=0,
+        KVSTATE_READ_ALIAS="nowhere",
+        KVSTATE_CONFLICT_RETRIES=-1,
     )
     def test_every_problem_is_reported_at_once(self) -> None:
-        assert sorted(kvstate_check_ids()) == ["kvstate.E001", "kvstate.E003", "kvstate.E004"]
+        assert sorted(kvstate_check_ids()) == [
+            "kvstate.E001",
+            "kvstate.E003",
+            "kvstate.E004",
+            "kvstate.E006",
+            "kvstate.E007",
+        ]
 
 
 class CheckCommandTests(SimpleTestCase):

@@ -1,6 +1,16 @@
 """Settings for kvstate's tests and demo: two aliases on the database chosen by KVSTATE_TEST_DB.
 
-KVSTATE_TEST_DB = sqlite (default, no server) | postgres | mariadb.
+KVSTATE_TEST_DB = sqlite (default, no server) | postgres | mariadb, or a cluster started by
+``scripts/cluster/*`` for the tests marked ``cluster`` (``python -m pytest -m cluster``):
+
+- ``galera``: the two aliases on node 1 of the 3-node Galera cluster (KVSTATE_GALERA_PORT,
+  default 13306), and ``node2``/``node3`` (+ ``_history``) on the other nodes, as test mirrors
+  (same databases, other servers). ``tests.cluster.NodeRouter`` sends a thread's queries to the
+  node it is pinned to.
+- ``pg-replica``: the two aliases on the primary (KVSTATE_PG_REPLICA_PORT, default 15432) and
+  ``replica`` on the hot standby, behind an ordinary read/write-split router listed after
+  kvstate's: reads to the replica, writes to the primary.
+
 Server coordinates come from KVSTATE_PG_* / KVSTATE_MYSQL_* (defaults: this machine's servers).
 """
 
@@ -27,7 +37,7 @@ _backend = os.environ.get("KVSTATE_TEST_DB", "sqlite")
 _suffix = os.environ.get("KVSTATE_TEST_DB_SUFFIX", "")
 
 
-def _database(name: str) -> dict[str, Any]:
+def _database(name: str, port: int | None = None, mirror: str | None = None) -> dict[str, Any]:
     name += _suffix
     if _backend == "sqlite":
         # Files, not memory: threads in the concurrency tests need a shared database.
@@ -36,6 +46,25 @@ def _database(name: str) -> dict[str, Any]:
             "NAME": str(BASE_DIR / f"kvstate_{name}.sqlite3"),
             "TEST": {"NAME": str(BASE_DIR / f"test_kvstate_{name}.sqlite3")},
             "OPTIONS": {"timeout": 20},
+        }
+    if _backend == "pg-replica":
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": f"kvstate_{name}",
+            "USER": "postgres",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "TEST": {"MIRROR": mirror},
+        }
+    if _backend == "galera":
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": f"kvstate_{name}",
+            "USER": "root",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_general_ci", "MIRROR": mirror},
         }
     if _backend == "postgres":
         return {
@@ -64,6 +93,30 @@ DATABASES = {
     "default": _database("default"),
     "student_module_history": _database("history"),
 }
+
+if _backend == "galera":
+    _first = int(os.environ.get("KVSTATE_GALERA_PORT", "13306"))
+    DATABASES = {
+        "default": _database("default", _first),
+        "student_module_history": _database("history", _first),
+    }
+    for _node in (2, 3):
+        _port = _first + _node - 1
+        DATABASES[f"node{_node}"] = _database("default", _port, mirror="default")
+        DATABASES[f"node{_node}_history"] = _database(
+            "history", _port, mirror="student_module_history"
+        )
+    # Unpinned threads (and system checks) fall through to kvstate's router.
+    DATABASE_ROUTERS = ["tests.cluster.NodeRouter", *DATABASE_ROUTERS]
+elif _backend == "pg-replica":
+    _primary = int(os.environ.get("KVSTATE_PG_REPLICA_PORT", "15432"))
+    DATABASES = {
+        "default": _database("default", _primary),
+        "student_module_history": _database("history", _primary),
+        "replica": _database("default", _primary + 1, mirror="default"),
+    }
+    # kvstate's router first (SPEC §10), then the deployment's split router.
+    DATABASE_ROUTERS = [*DATABASE_ROUTERS, "tests.cluster.ReadReplicaRouter"]
 
 LOGGING = {
     "version": 1,

@@ -132,7 +132,7 @@ def check_value_settings(**kwargs: Any) -> list[checks.CheckMessage]:
         errors.append(
             checks.Error(
                 f"KVSTATE_CONFLICT_RETRIES is {retries!r}.",
-                hint="Use a number of retries: an integer, 0 or more (default 30).",
+                hint="Use a number of retries: an integer, 0 or more (default 50).",
                 id="kvstate.E007",
             )
         )

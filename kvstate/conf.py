@@ -15,8 +15,9 @@ DEFAULT_HISTORY_BLOCK_TYPES: frozenset[str] = frozenset({"problem"})
 
 DEFAULT_MAX_VALUE_BYTES = 2 * 1024 * 1024
 
-#: Enough for 8 writers of one learner spread over a 3-node Galera cluster (see the README).
-DEFAULT_CONFLICT_RETRIES = 30
+#: 8 writers of one learner's block spread over a 3-node Galera cluster, one node killed,
+#: needed up to 27 retries for one write (see the README): 50 leaves a margin.
+DEFAULT_CONFLICT_RETRIES = 50
 
 
 class _Settings:
@@ -49,7 +50,7 @@ class _Settings:
     def CONFLICT_RETRIES(self) -> int:
         """How often a write that lost a deadlock or certification conflict is run again.
 
-        ``KVSTATE_CONFLICT_RETRIES``, default 30; each retry waits with exponential backoff
+        ``KVSTATE_CONFLICT_RETRIES``, default 50; each retry waits with exponential backoff
         and full jitter (:func:`kvstate.storage.conflict_pause`).
         """
         value: int = getattr(django_settings, "KVSTATE_CONFLICT_RETRIES", DEFAULT_CONFLICT_RETRIES)

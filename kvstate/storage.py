@@ -50,7 +50,7 @@ MAX_SWAP_ROUNDS = 50
 #: seconds ("full jitter"): writers that collided and restart at the same instant tend to
 #: collide again, and a cluster under load needs them to spread out more the longer it lasts.
 CONFLICT_PAUSE_BASE = 0.005
-CONFLICT_PAUSE_CAP = 0.2
+CONFLICT_PAUSE_CAP = 0.25
 
 _MODULE_COLUMNS = (
     "id",

@@ -38,6 +38,7 @@ _suffix = os.environ.get("KVSTATE_TEST_DB_SUFFIX", "")
 
 
 def _database(name: str, port: int | None = None, mirror: str | None = None) -> dict[str, Any]:
+    """Return alias settings for database ``name``; ``port``: a cluster server's (loopback)."""
     name += _suffix
     if _backend == "sqlite":
         # Files, not memory: threads in the concurrency tests need a shared database.
@@ -47,46 +48,37 @@ def _database(name: str, port: int | None = None, mirror: str | None = None) -> 
             "TEST": {"NAME": str(BASE_DIR / f"test_kvstate_{name}.sqlite3")},
             "OPTIONS": {"timeout": 20},
         }
-    if _backend == "pg-replica":
+
+    def env(key: str, default: str) -> str:
+        if port is not None:
+            # A cluster server started by scripts/cluster/*: loopback, default users.
+            return str(port) if key.endswith("_PORT") else default
+        return os.environ.get(key, default)
+
+    if _backend in ("postgres", "pg-replica"):
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": f"kvstate_{name}",
-            "USER": "postgres",
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
+            "USER": env("KVSTATE_PG_USER", "postgres"),
+            "PASSWORD": env("KVSTATE_PG_PASSWORD", ""),
+            "HOST": env("KVSTATE_PG_HOST", "127.0.0.1"),
+            "PORT": env("KVSTATE_PG_PORT", "5432"),
             "TEST": {"MIRROR": mirror},
         }
-    if _backend == "galera":
+    if _backend in ("mariadb", "galera"):
         return {
             "ENGINE": "django.db.backends.mysql",
             "NAME": f"kvstate_{name}",
-            "USER": "root",
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
+            "USER": env("KVSTATE_MYSQL_USER", "root"),
+            "PASSWORD": env("KVSTATE_MYSQL_PASSWORD", ""),
+            "HOST": env("KVSTATE_MYSQL_HOST", "127.0.0.1"),
+            "PORT": env("KVSTATE_MYSQL_PORT", "3306"),
             "OPTIONS": {"charset": "utf8mb4"},
             "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_general_ci", "MIRROR": mirror},
         }
-    if _backend == "postgres":
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": f"kvstate_{name}",
-            "USER": os.environ.get("KVSTATE_PG_USER", "postgres"),
-            "PASSWORD": os.environ.get("KVSTATE_PG_PASSWORD", ""),
-            "HOST": os.environ.get("KVSTATE_PG_HOST", "127.0.0.1"),
-            "PORT": os.environ.get("KVSTATE_PG_PORT", "5432"),
-        }
-    if _backend == "mariadb":
-        return {
-            "ENGINE": "django.db.backends.mysql",
-            "NAME": f"kvstate_{name}",
-            "USER": os.environ.get("KVSTATE_MYSQL_USER", "root"),
-            "PASSWORD": os.environ.get("KVSTATE_MYSQL_PASSWORD", ""),
-            "HOST": os.environ.get("KVSTATE_MYSQL_HOST", "127.0.0.1"),
-            "PORT": os.environ.get("KVSTATE_MYSQL_PORT", "3306"),
-            "OPTIONS": {"charset": "utf8mb4"},
-            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_general_ci"},
-        }
-    raise ValueError(f"KVSTATE_TEST_DB={_backend!r}: use sqlite, postgres or mariadb")
+    raise ValueError(
+        f"KVSTATE_TEST_DB={_backend!r}: use sqlite, postgres, mariadb, galera or pg-replica"
+    )
 
 
 DATABASES = {

@@ -28,19 +28,6 @@ class SubRouter(StudentModuleHistoryRouter):
     """A project's own router built on kvstate's."""
 
 
-class SplitRouter:
-    """An ordinary read/write split: reads to a replica, writes and migrations to the primary."""
-
-    def db_for_read(self, model: Any, **hints: Any) -> str:
-        return "replica"
-
-    def db_for_write(self, model: Any, **hints: Any) -> str:
-        return "default"
-
-    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
-        return db == "default"
-
-
 class MigrateEverywhereRouter:
     """A router with an opinion on migrations only: everything migrates everywhere."""
 
@@ -48,7 +35,8 @@ class MigrateEverywhereRouter:
         return True
 
 
-SPLIT_ROUTER = "tests.test_checks.SplitRouter"
+#: An ordinary read/write split: reads to a replica, writes to the primary.
+SPLIT_ROUTER = "tests.cluster.ReadReplicaRouter"
 
 
 def kvstate_check_ids() -> list[str]:

@@ -46,7 +46,9 @@ class ReadsElsewhere:
 
 
 @override_settings(DATABASE_ROUTERS=ROUTERS)
-class ReadsFeedingWritesTests(TestCase):
+class SplitRouterTestCase(TestCase):
+    """A learner with a value in every scope of block p1, behind :class:`ReadsElsewhere`."""
+
     databases = {"default", HISTORY_ALIAS}
 
     def setUp(self) -> None:
@@ -56,12 +58,15 @@ class ReadsFeedingWritesTests(TestCase):
         StudentPrefsFactory(student=self.user, module_type="problem", field_name="theme")
         StudentInfoFactory(student=self.user, field_name="nickname", value='"ada"')
         self.block = block(usage(), self.user.pk)
+        self.client = DjangoXBlockUserStateClient()
 
     @contextlib.contextmanager
     def nothing_read_from_the_replica(self) -> Iterator[None]:
         with self.assertNumQueries(0, using=HISTORY_ALIAS):
             yield
 
+
+class ReadsFeedingWritesTests(SplitRouterTestCase):
     def test_the_router_does_send_reads_to_the_replica(self) -> None:
         # Otherwise the tests below would prove nothing.
         from django.db import router
@@ -107,16 +112,8 @@ class ReadsFeedingWritesTests(TestCase):
         assert entry.state == {"answer": 2}
 
 
-@override_settings(DATABASE_ROUTERS=ROUTERS)
-class ReadOnlyWorkTests(TestCase):
+class ReadOnlyWorkTests(SplitRouterTestCase):
     """Iteration is read-only: ``using=``, else ``KVSTATE_READ_ALIAS``, else the router."""
-
-    databases = {"default", HISTORY_ALIAS}
-
-    def setUp(self) -> None:
-        self.user = UserFactory()
-        StudentModuleFactory(student=self.user, module_state_key=usage(), state='{"answer": 1}')
-        self.client = DjangoXBlockUserStateClient()
 
     def test_using_picks_the_alias(self) -> None:
         with self.nothing_read_from_the_replica():
@@ -139,11 +136,6 @@ class ReadOnlyWorkTests(TestCase):
         # Read-only work goes where the router sends reads: here a database without the table.
         with self.assertNumQueries(1, using=HISTORY_ALIAS), pytest.raises(DatabaseError):
             list(self.client.iter_all_for_block(usage()))
-
-    @contextlib.contextmanager
-    def nothing_read_from_the_replica(self) -> Iterator[None]:
-        with self.assertNumQueries(0, using=HISTORY_ALIAS):
-            yield
 
 
 class ReadAliasTests(SimpleTestCase):

@@ -8,7 +8,7 @@ preferences and user_info rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Self, TypeVar
 
 from django.conf import settings
@@ -20,6 +20,8 @@ from opaque_keys.edx.django.models import (
     LearningContextKeyField,
     UsageKeyField,
 )
+
+from kvstate import conf
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -145,6 +147,42 @@ class StudentModule(models.Model):
     def __str__(self) -> str:
         return f"StudentModule<{self.student_id}, {self.module_state_key}>"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save the row; for recorded block types a ``post_save`` receiver records history.
+
+        When history shares this row's database the save and its history row commit or roll
+        back together, as a kvstate write does; on its own database history follows the commit.
+        """
+        from kvstate import history  # history imports this module
+
+        with history.saving(self, kwargs.get("using")):
+            super().save(*args, **kwargs)
+
+
+class _EveryBlockType(Container[str]):
+    """Every block type: what ``KVSTATE_HISTORY_BLOCK_TYPES = "__all__"`` reads as.
+
+    It answers ``in`` for any block type; it cannot be listed.
+    """
+
+    def __contains__(self, block_type: object) -> bool:
+        return isinstance(block_type, str)
+
+    def __repr__(self) -> str:
+        return "EVERY_BLOCK_TYPE"
+
+
+#: ``StudentModuleHistory.HISTORY_SAVING_TYPES`` when every block type is recorded.
+EVERY_BLOCK_TYPE = _EveryBlockType()
+
+
+class _ConfiguredBlockTypes:
+    """``HISTORY_SAVING_TYPES``: the block types ``KVSTATE_HISTORY_BLOCK_TYPES`` names, live."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> Container[str]:
+        block_types = conf.settings.HISTORY_BLOCK_TYPES
+        return EVERY_BLOCK_TYPE if block_types is None else block_types
+
 
 class StudentModuleHistoryQuerySet(_KeysetQuerySet["StudentModuleHistory"]):
     """Queries over state history."""
@@ -160,6 +198,10 @@ class StudentModuleHistory(models.Model):
     Lives on the ``student_module_history`` database alias when it is configured.
     PII: ``state`` holds the learner's answers at that time.
     """
+
+    #: Block types whose writes leave history, Open edX's name for ``KVSTATE_HISTORY_BLOCK_TYPES``
+    #: (read live): a frozenset, or ``EVERY_BLOCK_TYPE`` for ``"__all__"``.
+    HISTORY_SAVING_TYPES = _ConfiguredBlockTypes()
 
     id = models.BigAutoField(primary_key=True)
     student_module = models.ForeignKey(

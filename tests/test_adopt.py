@@ -331,9 +331,13 @@ class AdoptOpenEdxDatabaseTests(TransactionTestCase):
         assert XModuleUserStateSummaryField.objects.count() == 2
         assert XModuleStudentPrefsField.objects.count() == 2
         assert XModuleStudentInfoField.objects.count() == 2
-        assert StudentModuleHistory.objects.using(HISTORY_ALIAS).count() == 2
+        # Open edX's row, then one per ORM save (the edit, the factory's create; both are
+        # problems, whose saves are recorded), then the one created by hand.
+        assert StudentModuleHistory.objects.using(HISTORY_ALIAS).count() == 4
         assert [h.student_module_id for h in StudentModuleHistory.objects.order_by("id")] == [
             self.module_id,
+            self.module_id,
+            new_module.pk,
             new_module.pk,
         ]
 

@@ -43,6 +43,15 @@ class _Settings:
         return value
 
     @property
+    def READ_ALIAS(self) -> str | None:
+        """The database alias read-only work (reports) reads from; ``None``: the router decides.
+
+        ``KVSTATE_READ_ALIAS``, default ``None``.
+        """
+        value: str | None = getattr(django_settings, "KVSTATE_READ_ALIAS", None)
+        return value
+
+    @property
     def history_alias_configured(self) -> bool:
         """Whether ``DATABASES`` has the dedicated history alias."""
         return HISTORY_ALIAS in django_settings.DATABASES

@@ -145,9 +145,9 @@ class StateChangedTests(TestCase):
         with self.assertLogs("django.dispatch", "ERROR") as logs, self.committed():
             self.kvs.set(key(self.block, "answer"), 1)  # no KeyValueMultiSaveError
         assert "broken" in logs.records[0].getMessage()
-        assert DjangoXBlockUserStateClient(self.user).get(
-            self.user.username, usage()
-        ).state == {"answer": 1}
+        assert DjangoXBlockUserStateClient(self.user).get(self.user.username, usage()).state == {
+            "answer": 1
+        }
 
 
 class StateChangedCommitTests(TransactionTestCase):

@@ -377,7 +377,9 @@ class OpenEdxEdgeCaseTests(TestCase):
         # A client's own iteration_page_size still wins.
         client = DjangoXBlockUserStateClient()
         client.iteration_page_size = 5
-        with override_settings(USER_STATE_BATCH_SIZE=10):
-            with CaptureQueriesContext(connections["default"]) as queries:
-                assert len(list(client.iter_all_for_course(COURSE))) == 25
+        with (
+            override_settings(USER_STATE_BATCH_SIZE=10),
+            CaptureQueriesContext(connections["default"]) as queries,
+        ):
+            assert len(list(client.iter_all_for_course(COURSE))) == 25
         assert len(queries) == 6

@@ -31,7 +31,7 @@ from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
 from kvstate import history, signals, sql
 from kvstate.models import StudentModule
-from kvstate.validation import check_length, check_size
+from kvstate.validation import check_course_run, check_length, check_size
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Target:
     @classmethod
     def of(cls, usage_key: UsageKey) -> Target:
         """Return the target of a block's state: rows live in the usage key's own context."""
-        return cls(usage_key, usage_key.context_key)
+        return cls(usage_key, check_course_run(usage_key).context_key)
 
     @property
     def module_type(self) -> str:

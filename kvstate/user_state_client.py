@@ -15,7 +15,7 @@ from kvstate import history, storage
 from kvstate.conf import settings
 from kvstate.models import StudentModule, StudentModuleQuerySet
 from kvstate.storage import StateChange, Target
-from kvstate.validation import check_field_name, check_usage_key, to_json
+from kvstate.validation import check_field_name, check_usage_key, lacks_run, to_json
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -104,12 +104,20 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
     def iter_all_for_block(
         self, block_key: UsageKey, scope: ScopeBase = Scope.user_state
     ) -> Iterator[XBlockUserState]:
-        """Yield every learner's stored state for one block, page by page (no order promised)."""
+        """Yield every learner's stored state for one block, page by page (no order promised).
+
+        An old-style key without its course run (``i4x://...`` read from a string) finds the
+        block's rows in every run of the course, as in Open edX, each with its run.
+        """
         _check_scope(scope)
-        target = Target.of(check_usage_key(block_key))
-        rows = StudentModule.objects.filter(
-            module_state_key=target.usage_key, course_id=target.course_id
-        )
+        usage_key = check_usage_key(block_key)
+        if lacks_run(usage_key):
+            rows = StudentModule.objects.filter(module_state_key=usage_key)
+        else:
+            target = Target.of(usage_key)
+            rows = StudentModule.objects.filter(
+                module_state_key=target.usage_key, course_id=target.course_id
+            )
         # Index (module_id, id) serves the pages in order.
         yield from self._iterate(rows, ("id",), scope)
 

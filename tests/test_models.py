@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
 from django.contrib.auth.models import AnonymousUser
-from django.db import connections
 from django.test import TestCase, TransactionTestCase, override_settings
 from opaque_keys.edx.keys import UsageKey
 from opaque_keys.edx.locator import CourseLocator
@@ -31,6 +29,8 @@ from kvstate.models import (
 )
 from kvstate.testing.factories import UserFactory
 from kvstate.user_state_client import DjangoXBlockUserStateClient
+from tests.test_scores import run_together
+from tests.test_user_state_client import store
 
 COURSE = CourseLocator("kvstate", "Helpers", "2026")
 OTHER_COURSE = CourseLocator("kvstate", "Elsewhere", "2026")
@@ -41,28 +41,14 @@ def problem(i: int, course: CourseLocator = COURSE) -> UsageKey:
     return course.make_usage_key("problem", f"p{i}")
 
 
-def store(user: Any, keys: list[UsageKey], **fields: Any) -> None:
-    """Give ``user`` a row for each of ``keys`` in one statement (bulk: no history)."""
-    StudentModule.objects.bulk_create(
-        StudentModule(
-            student=user,
-            module_state_key=k,
-            course_id=k.context_key,
-            module_type=k.block_type,
-            **fields,
-        )
-        for k in keys
-    )
-
-
 class ChunkedFilterTests(TestCase):
     databases = DATABASES
 
     def setUp(self) -> None:
         self.user = UserFactory()
         self.keys = [problem(i) for i in range(1200)]
-        store(self.user, self.keys[:1100])
-        store(UserFactory(), self.keys[:10])
+        store([self.user], self.keys[:1100])
+        store([UserFactory()], self.keys[:10])
 
     def test_one_statement_per_chunk(self) -> None:
         found = StudentModule.objects.chunked_filter(
@@ -102,7 +88,7 @@ class GetStateByParamsTests(TestCase):
     def test_rows_of_a_course_and_keys_for_all_learners_or_one(self) -> None:
         users = [UserFactory(), UserFactory()]
         for user in users:
-            store(user, [problem(1), problem(2), problem(3), problem(1, OTHER_COURSE)])
+            store([user], [problem(1), problem(2), problem(3), problem(1, OTHER_COURSE)])
         found = StudentModule.get_state_by_params(COURSE, [problem(1), problem(2)])
         assert sorted((r.student_id, r.module_state_key.block_id) for r in found) == sorted(
             (u.pk, name) for u in users for name in ("p1", "p2")
@@ -164,28 +150,6 @@ class SaveStateTests(TestCase):
         assert not StudentModule.objects.exists()
 
 
-def run_together(tasks: list[Callable[[], object]]) -> list[BaseException]:
-    """Run ``tasks`` in threads released at once; return what they raised."""
-    barrier = threading.Barrier(len(tasks))
-    errors: list[BaseException] = []
-
-    def worker(task: Callable[[], object]) -> None:
-        try:
-            barrier.wait()
-            task()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker, args=(task,)) for task in tasks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
-
-
 class SaveStateRaceTests(TransactionTestCase):
     """Callers creating the same row at once: no IntegrityError, one row, every save recorded."""
 
@@ -218,10 +182,10 @@ class AllSubmittedProblemsTests(TestCase):
 
     def test_problems_with_a_grade_in_the_course(self) -> None:
         user = UserFactory()
-        store(user, [problem(1), problem(2)], grade=1.0)
-        store(user, [problem(3)])  # no grade: not submitted
-        store(user, [COURSE.make_usage_key("html", "h1")], grade=1.0)
-        store(user, [problem(1, OTHER_COURSE)], grade=1.0)
+        store([user], [problem(1), problem(2)], grade=1.0)
+        store([user], [problem(3)])  # no grade: not submitted
+        store([user], [COURSE.make_usage_key("html", "h1")], grade=1.0)
+        store([user], [problem(1, OTHER_COURSE)], grade=1.0)
         found = StudentModule.all_submitted_problems_read_only(COURSE)
         assert sorted(r.module_state_key.block_id for r in found) == ["p1", "p2"]
 

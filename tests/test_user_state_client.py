@@ -97,8 +97,10 @@ def make_users(n: int, prefix: str = "learner") -> list[Any]:
     return list(user_model.objects.filter(username__startswith=prefix).order_by("id"))
 
 
-def store(users: list[Any], keys: list[UsageKey], state: str | None = '{"a": 1}') -> None:
-    """Give every user a row with ``state`` for every block, in one statement."""
+def store(
+    users: list[Any], keys: list[UsageKey], state: str | None = '{"a": 1}', **fields: Any
+) -> None:
+    """Give every user a row with ``state`` (and ``fields``) for every block, in one statement."""
     StudentModule.objects.bulk_create(
         StudentModule(
             student=user,
@@ -106,6 +108,7 @@ def store(users: list[Any], keys: list[UsageKey], state: str | None = '{"a": 1}'
             course_id=key.context_key,
             module_type=key.block_type,
             state=state,
+            **fields,
         )
         for user in users
         for key in keys

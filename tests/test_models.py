@@ -63,7 +63,7 @@ class ChunkedFilterTests(TestCase):
         assert {r.student_id for r in rows} == {self.user.pk}
 
     def test_chunks_of_500_by_default_and_lazily(self) -> None:
-        with self.assertNumQueries(0, using="default"):
+        with self.assertNumQueries(0, using="default"):  # nothing runs until it is read
             found = StudentModule.objects.chunked_filter(
                 "module_state_key__in", self.keys[:1001], course_id=COURSE
             )
@@ -145,7 +145,7 @@ class SaveStateTests(TestCase):
         assert StudentModuleHistory.objects.for_module(module.pk)[0].grade == 0.5
 
     def test_does_nothing_for_anonymous_users(self) -> None:
-        with self.assertNumQueries(0, using="default"):
+        with self.assertNumQueries(0, using="default"):  # returns before any query
             assert StudentModule.save_state(AnonymousUser(), COURSE, problem(1), {}) is None
         assert not StudentModule.objects.exists()
 
@@ -257,5 +257,5 @@ class HistoryHelpersTests(TestCase):
 
     def test_csm_is_the_module_read_from_its_own_database(self) -> None:
         entry = StudentModuleHistory.get_history(self.modules[1:])[0]
-        with self.assertNumQueries(1, using="default"):
+        with self.assertNumQueries(1, using="default"):  # one SELECT by primary key
             assert entry.csm == self.modules[1]

@@ -228,7 +228,7 @@ class ScoresClientTests(TestCase):
         # One SELECT for the four locations, on the alias writes go to (SPEC §10).
         with self.assertNumQueries(1, using="default"):
             client.fetch_scores([PROBLEM, self.p2, self.ungraded, missing])
-        with self.assertNumQueries(0, using="default"):
+        with self.assertNumQueries(0, using="default"):  # from memory
             assert client.get(PROBLEM) == Score(1.0, 2.0, self.created[PROBLEM])
             assert client.get(self.p2) == Score(0.0, 1.0, self.created[self.p2])
             assert client.get(self.ungraded) == Score(None, None, self.created[self.ungraded])
@@ -238,6 +238,7 @@ class ScoresClientTests(TestCase):
 
     def test_get_before_fetching_is_an_error(self) -> None:
         client = ScoresClient(COURSE, self.user.id)
+        # Refused before anything is read.
         with self.assertNumQueries(0, using="default"), self.assertRaises(ValueError):
             client.get(PROBLEM)
 
@@ -259,7 +260,7 @@ class ScoresClientTests(TestCase):
         ):
             client = ScoresClient.create_for_locations(COURSE, self.user.id, keys)
         assert client.get(PROBLEM) == Score(1.0, 2.0, self.created[PROBLEM])
-        with self.assertNumQueries(0, using="default"):
+        with self.assertNumQueries(0, using="default"):  # no locations, nothing to read
             ScoresClient.create_for_locations(COURSE, self.user.id, [])
 
     @override_settings(

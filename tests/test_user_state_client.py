@@ -355,6 +355,7 @@ class OpenEdxEdgeCaseTests(TestCase):
         visitor = AnonymousUser()
         client = DjangoXBlockUserStateClient(visitor)
         name = visitor.get_username()
+        # Calls about the anonymous learner's (empty) username answer without a query.
         with self.assertNumQueries(0, using="default"):
             client.set_many(name, {problem(1): {"a": 1}})
             client.set(name, problem(2), {"a": 1})

@@ -81,10 +81,10 @@ def _check_user_id(user_id: object) -> int:
 
 
 def _check_batch_size(batch_size: object) -> int:
-    _check_int("batch_size", batch_size)
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:  # type: ignore[operator]
-        raise ValueError(f"batch_size={batch_size}: a batch holds 1 to {MAX_BATCH_SIZE} rows")
-    return batch_size  # type: ignore[return-value]
+    size = _check_int("batch_size", batch_size)
+    if not 1 <= size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size={size}: a batch holds 1 to {MAX_BATCH_SIZE} rows")
+    return size
 
 
 def _check_course_key(course_key: object) -> LearningContextKey:

@@ -25,6 +25,7 @@ from django.test import TestCase, TransactionTestCase
 
 from kvstate import operations
 from kvstate.conf import HISTORY_ALIAS
+from kvstate.management.commands.kvstate_erase_user import _duration
 from kvstate.models import StudentModule
 from kvstate.testing.factories import StudentInfoFactory, StudentPrefsFactory, UserFactory
 from kvstate.user_state_client import DjangoXBlockUserStateClient
@@ -229,7 +230,7 @@ class EraseUserCommandTests(CommandTestCase):
             f"Erasing learner '{self.name}' (id {self.user.pk}): 8 rows (3 user_state, "
             "3 history, 1 preferences, 1 user_info), batches of 2."
         )
-        progress = r", \d+ rows/s, about \d+s left"
+        progress = r", \d+ rows/s, about \d+\.\ds left"
         expected = [
             r"batch 1: deleted 2 user_state, 2 history; 4/8 rows \(50%\)",
             r"batch 2: deleted 1 user_state, 1 history; 6/8 rows \(75%\)",
@@ -250,6 +251,16 @@ class EraseUserCommandTests(CommandTestCase):
         )
         assert StudentModule.objects.filter(student=self.other).count() == 3
         assert len(snapshot()["StudentModule"]) == len(before["StudentModule"]) - 3
+
+    def test_time_left_reads_well(self) -> None:
+        assert [_duration(s) for s in (0.04, 9.94, 10.4, 59.6, 61, 3725)] == [
+            "0.0s",
+            "9.9s",
+            "10s",
+            "1m 00s",
+            "1m 01s",
+            "62m 05s",
+        ]
 
     def test_a_dry_run_changes_nothing(self) -> None:
         before = snapshot()

@@ -85,4 +85,11 @@ def _progress(done: int, total: int, elapsed: float) -> str:
     if elapsed <= 0:
         return line
     rate = done / elapsed
-    return f"{line}, {rate:.0f} rows/s, about {(total - done) / rate:.0f}s left"
+    return f"{line}, {rate:.0f} rows/s, about {_duration((total - done) / rate)} left"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02}s" if minutes else f"{rest}s"

@@ -691,3 +691,44 @@ def _failing_on(statement: str, table: str, occurrence: int) -> Any:
         return execute(sql, params, many, context)
 
     return wrapper
+
+
+class AutocommitRoundTrips(TransactionTestCase):
+    """Round trips as a web request or a command sends them (BEGIN/COMMIT counted)."""
+
+    databases = {"default", HISTORY_ALIAS}
+
+    def setUp(self) -> None:
+        self.user = UserFactory()
+        self.blocks = [usage(f"p{n:02}") for n in range(50)]
+        DjangoXBlockUserStateClient().set_many(
+            self.user.username, {b: {"attempts": 1} for b in self.blocks}
+        )
+
+    @contextmanager
+    def round_trips(self, default: int, history: int) -> Iterator[None]:
+        with (
+            self.assertNumQueries(history, using=HISTORY_ALIAS),
+            self.assertNumQueries(default, using="default"),
+        ):
+            yield
+
+    def test_reset_and_delete_of_one_block_need_no_transaction(self) -> None:
+        # The read; the compare-and-swap UPDATE, one statement: no BEGIN/COMMIT. History: one
+        # INSERT once the UPDATE has committed.
+        with self.round_trips(2, 1):
+            operations.reset_attempts(self.user.pk, self.blocks[0])
+        with self.round_trips(2, 1):
+            operations.delete_state(self.user.pk, [self.blocks[0]])
+
+    def test_delete_of_many_blocks_is_one_transaction(self) -> None:
+        # The read; BEGIN, one UPDATE for the 50 rows, COMMIT (all or nothing); history.
+        with self.round_trips(4, 1):
+            assert operations.delete_state(self.user.pk, self.blocks) == 50
+
+    def test_erase_commits_statement_by_statement(self) -> None:
+        # Batches of 20 over 50 modules (1 history row each): 3 SELECTs of ids and 3 DELETEs;
+        # the per-field tables are empty: 1 DELETE each. History: DELETEs of up to 20 rows
+        # until one deletes fewer: 20 then 0, twice, then 10. No BEGIN/COMMIT anywhere.
+        with self.round_trips(3 + 3 + 2, 2 + 2 + 1):
+            operations.erase_user(self.user.pk, batch_size=20)

@@ -330,7 +330,7 @@ class DeleteCourseStateCommitTests(TransactionTestCase):
         return list(rows.values_list("state", flat=True))
 
     def test_each_batch_commits_on_its_own(self) -> None:
-        second_update = _failing_on("UPDATE", MODULES, occurrence=2)
+        second_update = failing_on("UPDATE", MODULES, occurrence=2)
         with connections["default"].execute_wrapper(second_update), pytest.raises(DatabaseError):
             operations.delete_course_state(self.user.pk, COURSE, batch_size=10)
         # The first page is deleted; the rest is untouched, and a second run finishes the job.
@@ -487,11 +487,10 @@ class EraseUserTests(OperationsTestCase):
         rows = snapshot()
         rows["StudentModule"] = [r for r in rows["StudentModule"] if r[0] not in own]
         rows["StudentModuleHistory"] = [r for r in rows["StudentModuleHistory"] if r[1] not in own]
-        for model in ("XModuleStudentPrefsField", "XModuleStudentInfoField"):
-            user_column = [f.attname for f in globals()[model]._meta.concrete_fields].index(
-                "student_id"
-            )
-            rows[model] = [r for r in rows[model] if r[user_column] != self.user.pk]
+        for model in (XModuleStudentPrefsField, XModuleStudentInfoField):
+            column = [f.attname for f in model._meta.concrete_fields].index("student_id")
+            name = model.__name__
+            rows[name] = [r for r in rows[name] if r[column] != self.user.pk]
         return rows
 
     def test_deletes_every_row_of_the_learner_and_nothing_else(self) -> None:
@@ -534,7 +533,7 @@ class EraseUserTests(OperationsTestCase):
 
     def test_history_goes_before_its_modules_and_a_rerun_finishes(self) -> None:
         self.fill(self.user)
-        second_delete = _failing_on("DELETE", MODULES, occurrence=2)
+        second_delete = failing_on("DELETE", MODULES, occurrence=2)
         with connections["default"].execute_wrapper(second_delete), pytest.raises(DatabaseError):
             operations.erase_user(self.user.pk, batch_size=10)
         # Batch 1 is gone; batch 2 lost its history but kept its modules: no history is left
@@ -678,8 +677,13 @@ class BadInputTests(OperationsTestCase):
         assert snapshot() == before
 
 
-def _failing_on(statement: str, table: str, occurrence: int) -> Any:
-    """Return an execute wrapper failing the ``occurrence``-th ``statement`` on ``table``."""
+def failing_on(
+    statement: str, table: str, occurrence: int, error: BaseException | None = None
+) -> Any:
+    """Return an execute wrapper raising at the ``occurrence``-th ``statement`` on ``table``.
+
+    ``error`` defaults to a ``DatabaseError``; it is raised before the statement runs.
+    """
     seen = 0
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -687,7 +691,7 @@ def _failing_on(statement: str, table: str, occurrence: int) -> Any:
         if sql.lstrip().upper().startswith(statement) and table in sql:
             seen += 1
             if seen == occurrence:
-                raise DatabaseError(f"{statement} on {table} refused (injected fault)")
+                raise error or DatabaseError(f"{statement} on {table} refused (injected fault)")
         return execute(sql, params, many, context)
 
     return wrapper

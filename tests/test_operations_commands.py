@@ -29,7 +29,7 @@ from kvstate.management.commands.kvstate_erase_user import _duration
 from kvstate.models import StudentModule
 from kvstate.testing.factories import StudentInfoFactory, StudentPrefsFactory, UserFactory
 from kvstate.user_state_client import DjangoXBlockUserStateClient
-from tests.test_operations import COURSE, OTHER_COURSE, usage
+from tests.test_operations import COURSE, MODULES, OTHER_COURSE, failing_on, usage
 from tests.underfire import snapshot
 
 COMMANDS = (
@@ -283,19 +283,6 @@ class InterruptedEraseCommandTests(TransactionTestCase):
             self.user.username, {usage(f"p{n}"): {"n": n} for n in range(10)}
         )
 
-    def interrupt_at_module_delete(self, error: BaseException) -> Any:
-        seen = 0
-
-        def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-            nonlocal seen
-            if sql.startswith("DELETE") and StudentModule._meta.db_table in sql:
-                seen += 1
-                if seen == 2:
-                    raise error
-            return execute(sql, params, many, context)
-
-        return connections["default"].execute_wrapper(wrapper)
-
     def test_an_interrupted_run_says_how_to_finish_and_a_rerun_does(self) -> None:
         for error, why in [
             (KeyboardInterrupt(), "interrupted"),
@@ -303,7 +290,7 @@ class InterruptedEraseCommandTests(TransactionTestCase):
         ]:
             with (
                 self.subTest(why),
-                self.interrupt_at_module_delete(error),
+                connections["default"].execute_wrapper(failing_on("DELETE", MODULES, 2, error)),
                 pytest.raises(CommandError, match=rf"{why}.* after 1 batches .*run the same"),
             ):
                 run("kvstate_erase_user", self.user.username, "--batch-size", "3")

@@ -16,7 +16,7 @@ import logging
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from django.db import DatabaseError, connection, connections
@@ -31,6 +31,7 @@ from kvstate.models import (
     XModuleStudentPrefsField,
 )
 from tests.bulk import LearnerRows, fill_learner, fill_summary
+from tests.test_operations import failing_on
 from tests.underfire import snapshot
 
 log = logging.getLogger("tests.operations")
@@ -73,21 +74,6 @@ def rows_left(user_id: int, module_ids: range) -> LearnerRows:
     )
 
 
-def fail_module_delete(occurrence: int) -> Any:
-    """Return an execute wrapper failing the ``occurrence``-th DELETE of StudentModule rows."""
-    seen = 0
-
-    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        nonlocal seen
-        if sql.startswith("DELETE") and MODULES in sql:
-            seen += 1
-            if seen == occurrence:
-                raise DatabaseError("connection lost (injected fault)")
-        return execute(sql, params, many, context)
-
-    return wrapper
-
-
 class EraseAtScaleTests(TransactionTestCase):
     databases = {"default", HISTORY_ALIAS}
 
@@ -107,7 +93,7 @@ class EraseAtScaleTests(TransactionTestCase):
         # Run 1: the 8th module batch fails after its history went, before its modules did.
         def failing_run() -> None:
             with (
-                connections["default"].execute_wrapper(fail_module_delete(8)),
+                connections["default"].execute_wrapper(failing_on("DELETE", MODULES, 8)),
                 pytest.raises(DatabaseError),
             ):
                 operations.erase_user(LARGE_ID, batch_size=BATCH)

@@ -23,6 +23,7 @@ from django.test import TestCase, TransactionTestCase
 from opaque_keys.edx.block_types import BlockTypeKeyV1
 from opaque_keys.edx.keys import CourseKey, UsageKey
 from opaque_keys.edx.locator import CourseLocator, LibraryLocatorV2, LibraryUsageLocatorV2
+from xblock.fields import Scope
 
 from kvstate import operations
 from kvstate.conf import HISTORY_ALIAS
@@ -42,7 +43,16 @@ from kvstate.testing.factories import (
     UserStateSummaryFactory,
 )
 from kvstate.user_state_client import DjangoXBlockUserStateClient
-from tests.underfire import EXACT_VALUES, HOSTILE_NAMES, assert_exact, snapshot
+from tests.underfire import (
+    EXACT_VALUES,
+    HOSTILE_NAMES,
+    PROBE_TYPE,
+    PROBLEM,
+    assert_exact,
+    key,
+    new_store,
+    snapshot,
+)
 
 COURSE = CourseLocator("kvstate", "Operations", "2026")
 OTHER_COURSE = CourseLocator("kvstate", "Elsewhere", "2026")
@@ -398,6 +408,27 @@ class ExportUserTests(OperationsTestCase):
         assert_exact(info["value"], EXACT_VALUES["odd_keys_object"])
         assert info["field_name"] == "tz"
 
+    def test_every_exact_value_in_every_learner_scope(self) -> None:
+        # Written through the key-value store, as XBlocks write them; read back through JSON.
+        _cache, kvs = new_store(self.user, [PROBLEM], EXACT_VALUES)
+        with self.committed():
+            kvs.set_many(
+                {
+                    key(scope, self.user.pk, PROBLEM, name): value
+                    for scope in (Scope.user_state, Scope.preferences, Scope.user_info)
+                    for name, value in EXACT_VALUES.items()
+                }
+            )
+        exported = json.loads(json.dumps(operations.export_user(self.user.pk)))
+        [module] = exported["user_state"]
+        assert_exact(module["state"], EXACT_VALUES)
+        assert_exact(module["history"][0]["state"], EXACT_VALUES)
+        for scope in ("preferences", "user_info"):
+            with self.subTest(scope):
+                values = {row["field_name"]: row["value"] for row in exported[scope]}
+                assert_exact(values, EXACT_VALUES)
+        assert {row["block_type"] for row in exported["preferences"]} == {PROBE_TYPE}
+
     def test_the_export_is_json_and_survives_a_round_trip_through_it(self) -> None:
         self.fill()
         exported = operations.export_user(self.user.pk)
@@ -565,6 +596,37 @@ class EraseUserTests(OperationsTestCase):
             counts = operations.erase_user(self.user.pk, batch_size=10, dry_run=True)
         assert counts == {MODULES: 25, HISTORY: 50, SUMMARY: 0, PREFS: 12, INFO: 5}
         assert snapshot() == before
+
+
+class LoggingTests(OperationsTestCase):
+    def test_each_destructive_operation_says_who_what_and_how_many(self) -> None:
+        self.write(self.user, usage("p1"), {"attempts": 2})
+        uid = self.user.pk
+        with self.assertLogs("kvstate", "INFO") as logs:
+            with self.committed():
+                operations.reset_attempts(uid, usage("p1"))
+            with self.committed():
+                operations.delete_state(uid, [usage("p1"), usage("p2")])
+            operations.delete_course_state(uid, COURSE)
+            operations.erase_user(uid)
+        assert [record.getMessage() for record in logs.records] == [
+            f"kvstate: reset attempts of user {uid} in {usage('p1')}: done",
+            f"kvstate: deleted the state of user {uid} in 1 of the 2 blocks asked",
+            f"kvstate: deleted the state of user {uid} in 0 blocks of {COURSE}",
+            f"kvstate: erasing the data of user {uid}, in batches of 1000 rows",
+            f"kvstate: erased the data of user {uid}: {{'{MODULES}': 1, '{HISTORY}': 3, "
+            f"'{SUMMARY}': 0, '{PREFS}': 0, '{INFO}': 0}}",
+        ]
+
+    def test_an_erasure_stopped_early_is_a_warning(self) -> None:
+        self.write(self.user, usage("p1"), {"attempts": 2})
+        with self.assertLogs("kvstate", "WARNING") as logs:
+            batches = operations.erase_user_batches(self.user.pk)
+            next(batches)
+            batches.close()  # as when the caller stops iterating
+        [record] = logs.records
+        assert "stopped after deleting" in record.getMessage()
+        assert "erase the user again to finish" in record.getMessage()
 
 
 class RetirementTests(OperationsTestCase):

@@ -47,8 +47,7 @@ MAX_CONFLICT_RETRIES = 10
 #: that deadlocked and restart at the same instant tend to deadlock again.
 MAX_CONFLICT_PAUSE = 0.05
 
-#: The columns :meth:`ModuleRow.from_values` reads, in its order.
-MODULE_COLUMNS = (
+_MODULE_COLUMNS = (
     "id",
     "module_type",
     "state",
@@ -139,7 +138,7 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a ``values_list(*MODULE_COLUMNS, ...)`` tuple."""
+        """Build from a ``values_list(*_MODULE_COLUMNS, ...)`` tuple."""
         row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
@@ -273,7 +272,7 @@ def fetch_modules(
         if lock and connection.features.has_select_for_update:
             query = query.select_for_update()
         for values in query.values_list(
-            *MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
+            *_MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
         ):
             target = by_key.get(values[-2:])
             if target is not None:

@@ -19,6 +19,9 @@ DEFAULT_MAX_VALUE_BYTES = 2 * 1024 * 1024
 #: needed up to 27 retries for one write (see the README): 50 leaves a margin.
 DEFAULT_CONFLICT_RETRIES = 50
 
+#: Rows per statement when the client iterates over a block or a course.
+DEFAULT_USER_STATE_BATCH_SIZE = 1000
+
 
 class _Settings:
     """Typed, live view of the ``KVSTATE_*`` settings."""
@@ -65,6 +68,16 @@ class _Settings:
         """
         value: str | None = getattr(django_settings, "KVSTATE_READ_ALIAS", None)
         return value
+
+    @property
+    def USER_STATE_BATCH_SIZE(self) -> int:
+        """Rows per statement when iterating over all the state of a block or a course.
+
+        Open edX's ``USER_STATE_BATCH_SIZE`` (not namespaced: code ported from Open edX sets
+        it), default 1,000.
+        """
+        value: int | None = getattr(django_settings, "USER_STATE_BATCH_SIZE", None)
+        return DEFAULT_USER_STATE_BATCH_SIZE if value is None else value
 
     @property
     def history_alias_configured(self) -> bool:

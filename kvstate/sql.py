@@ -7,8 +7,8 @@ Everything else in kvstate is portable ORM code. Each function picks its SQL by
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -250,6 +250,62 @@ def insert_rows(
             ]
             with connection.cursor() as cursor:
                 cursor.execute(f"{head} VALUES {', '.join([row_sql] * len(chunk))}{suffix}", params)
+
+
+def read_then_write(connection: BaseDatabaseWrapper, table: str) -> AbstractContextManager[Any]:
+    """Return the context for an ORM transaction that reads rows of ``table``, then writes.
+
+    SQLite locks the whole database for writing. A transaction that has read and then wants to
+    write fails at once with "database is locked" when another one took the write lock in
+    between (waiting could deadlock); one whose first statement writes waits for the lock
+    (the busy timeout) instead, as ``BEGIN IMMEDIATE`` would. So on SQLite, outside a caller's
+    transaction, open one whose first statement is a write that changes nothing. The other
+    databases lock rows, not the database: nothing to do there.
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return nullcontext()
+    return _write_locked(connection, table)
+
+
+@contextmanager
+def _write_locked(connection: BaseDatabaseWrapper, table: str) -> Iterator[None]:
+    with transaction.atomic(connection.alias, savepoint=False), connection.cursor() as cursor:
+        qn = connection.ops.quote_name
+        cursor.execute(f"UPDATE {qn(table)} SET {qn('id')} = {qn('id')} WHERE 0 = 1")
+        yield
+
+
+def delete_limited(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    column: str,
+    values: Sequence[Any],
+    limit: int,
+) -> int:
+    """Delete at most ``limit`` rows of ``table`` whose ``column`` is one of ``values``.
+
+    One statement; returns how many rows it deleted (fewer than ``limit``: no match is left).
+    Bounding each statement keeps its locks, undo log and (on Galera) write set small, and
+    lets a long deletion stop and resume between statements. MySQL/MariaDB have ``DELETE ...
+    LIMIT`` but refuse ``LIMIT`` in an ``IN`` subquery, which is how the rows are picked
+    elsewhere (PostgreSQL has no ``DELETE ... LIMIT``; SQLite only when compiled with it).
+    """
+    qn = connection.ops.quote_name
+    table_sql, id_sql = qn(table), qn("id")
+    where = f"{qn(column)} IN ({', '.join(['%s'] * len(values))})"
+    if connection.vendor == "mysql":
+        # No ORDER BY: it would invite the optimizer to walk the primary key of a table of
+        # millions instead of the column's index. Row-based (or MIXED) binary logging, the
+        # default, replicates the rows actually deleted.
+        sql = f"DELETE FROM {table_sql} WHERE {where} LIMIT %s"
+    else:
+        sql = (
+            f"DELETE FROM {table_sql} WHERE {id_sql} IN "
+            f"(SELECT {id_sql} FROM {table_sql} WHERE {where} LIMIT %s)"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, limit])
+        return int(cursor.rowcount)
 
 
 #: Parameters one swap puts in :func:`compare_and_swap_states`' statement, at most.

@@ -30,11 +30,11 @@ from django.db.models import CharField, ExpressionWrapper, F, Model, Q, Value
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
-from kvstate import history, sql
+from kvstate import history, signals, sql
 from kvstate.conf import settings
 from kvstate.exceptions import WriteOutcomeUnknown
 from kvstate.models import StudentModule
-from kvstate.validation import check_length, check_size
+from kvstate.validation import check_course_run, check_length, check_size
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Target:
     @classmethod
     def of(cls, usage_key: UsageKey) -> Target:
         """Return the target of a block's state: rows live in the usage key's own context."""
-        return cls(usage_key, usage_key.context_key)
+        return cls(usage_key, check_course_run(usage_key).context_key)
 
     @property
     def module_type(self) -> str:
@@ -174,11 +174,18 @@ def dump_state(state: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """Fields to set in, and to delete from, one block's user_state (``clear``: delete all)."""
+    """Fields to set in, and to delete from, one block's user_state (``clear``: delete all).
+
+    ``set_if_present`` sets fields only where the state already holds them (a reset of
+    ``attempts`` must not add the field to blocks that never had it). Like the rest of the
+    change it is applied to the row as the compare-and-swap finds it, so it never undoes what
+    another writer stored meanwhile.
+    """
 
     set_fields: Mapping[str, Any] = field(default_factory=dict)
     delete_fields: frozenset[str] = frozenset()
     clear: bool = False
+    set_if_present: Mapping[str, Any] = field(default_factory=dict)
 
     def apply(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``state`` with this change applied."""
@@ -186,12 +193,27 @@ class StateChange:
             return {}
         merged = {k: v for k, v in state.items() if k not in self.delete_fields}
         merged.update(self.set_fields)
+        merged.update({k: v for k, v in self.set_if_present.items() if k in merged})
         return merged
 
     @property
     def creates(self) -> bool:
         """Whether applying this change to a missing row stores anything."""
         return bool(self.set_fields) and not self.clear
+
+    def needed(self, row: ModuleRow | None) -> bool:
+        """Whether this change writes to ``row`` (``None``: the row does not exist)."""
+        if row is None:
+            return self.creates
+        if not self.set_if_present or self.set_fields or self.delete_fields or self.clear:
+            # Written even when it changes nothing: every write call leaves its history row.
+            return True
+        # A conditional change alone writes only what it changes: resetting attempts that are
+        # absent, or already exactly 0, leaves the row (and its history) alone.
+        return any(
+            name in row.state and json.dumps(row.state[name]) != json.dumps(value)
+            for name, value in self.set_if_present.items()
+        )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -280,7 +302,7 @@ def write_user_states(
     The call is all-or-nothing: when it may take more than one writing statement it runs in
     one transaction (joining the caller's, as Django's own multi-statement writes do).
     History for the rows written follows (SPEC §5): in the same transaction when it shares the
-    alias, after the commit when it lives on its own.
+    alias, after the commit when it lives on its own; then ``state_changed`` (SPEC §9).
     """
     using = using or state_alias()
     connection = connections[using]
@@ -296,9 +318,9 @@ def write_user_states(
             history.record([rows[t] for t in recorded if t in rows], state_using=using)
         return rows
 
-    if connection.in_atomic_block:
-        return attempt()
-    return retrying_conflicts(using, attempt)
+    rows = attempt() if connection.in_atomic_block else retrying_conflicts(using, attempt)
+    signals.send_state_changed(student_id, [t.usage_key for t in rows], using)
+    return rows
 
 
 def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
@@ -379,8 +401,8 @@ def _merge(
         # Taken after the rows were (re-)read, so a row's ``modified`` (and its history's
         # ``created``) never goes back in time: whoever wrote what we read stamped it earlier.
         now = timezone.now()
-        for target in [t for t in todo if t not in known and not todo[t].creates]:
-            del todo[target]  # a delete on a row that does not exist: nothing to do
+        for target in [t for t in todo if not todo[t].needed(known.get(t))]:
+            del todo[target]  # e.g. a delete on a row that does not exist: nothing to do
         if not todo:
             return done
         # Every text of the round is built (and size-checked) before its first statement.
@@ -519,7 +541,7 @@ def write_score(
 
     One upsert keeps whatever state the row has, so concurrent callers neither raise nor lose
     state. History, when kept for the block type, needs the state too: one more read. The row
-    returned carries the id only when it was read.
+    returned carries the id only when it was read. Then ``state_changed`` (SPEC §9).
     """
     using = using or state_alias()
     target.check()
@@ -556,9 +578,9 @@ def write_score(
             history.record([row], state_using=using)
         return row
 
-    if connection.in_atomic_block:
-        return attempt()
-    return retrying_conflicts(using, attempt)
+    row = attempt() if connection.in_atomic_block else retrying_conflicts(using, attempt)
+    signals.send_state_changed(student_id, [target.usage_key], using)
+    return row
 
 
 # Per-field scopes --------------------------------------------------------------------------

@@ -11,10 +11,14 @@ reuses a kept database recomputes the same :class:`Layout` without reading it ba
   it, so some learners have thousands of rows in one course. The first enrollment is course 0
   whole.
 - An iteration course of exactly ``iterate_rows`` rows: 200-block learners.
+- Rows the planner's statistics do not know, loaded after the tables were analysed (as
+  happens between two auto-analyzes of a big table): a "fresh" course (up to 20 learners with
+  all of its up to 1,000 blocks), and up to 20 "newcomers", learners who joined since, with up
+  to 2,000 rows each in course 0.
 - Rows are written in the order learners would create them: round *u* writes unit *u* of every
   enrollment that reached it. A learner's rows of one unit are neighbours on disk; their units
   are far apart, as in a table filled over months.
-- States of realistic size: problems 0.4–1.3 kB (``correct_map``, ``student_answers``,
+- States of realistic size: problems 0.4 to 1.3 kB (``correct_map``, ``student_answers``,
   ``input_state``...), with a grade once attempted; videos about 130 bytes; html 20.
 - History: ``history_rows`` rows for problem modules. Up to 20 "rich" modules (the first
   problem of a learner's first unit) get exactly 100 entries each, for ``get_history``; the
@@ -93,7 +97,7 @@ class Shape:
     def marker(self) -> str:
         """Identify the dataset (and the generator's version) in a kept database."""
         return (
-            f"v1 rows={self.rows} history={self.history_rows} iterate={self.iterate_rows} "
+            f"v3 rows={self.rows} history={self.history_rows} iterate={self.iterate_rows} "
             f"seed={self.seed}"
         )
 
@@ -180,7 +184,12 @@ class Layout:
             enrollments.append(Enrollment(learner, self.iteration_course, blocks))
             remaining -= blocks
         self.iteration_learners = learner
-        remaining = shape.rows - shape.iterate_rows
+        late = max(1, min(20, shape.rows // 50_000))
+        self.fresh_course = Course(count + 1, max(2, min(50, shape.rows // 200)), patterns)
+        for n in range(late):
+            enrollments.append(Enrollment(n + 1, self.fresh_course, self.fresh_course.blocks))
+        newcomer_blocks = min(self.courses[0].blocks // 2, 2_000)
+        remaining = shape.rows - sum(e.blocks for e in enrollments) - late * newcomer_blocks
         taken: dict[int, set[int]] = {}
         weights = [c.units for c in self.courses]
         while remaining:
@@ -205,17 +214,36 @@ class Layout:
             blocks = min(remaining, max(BLOCKS_PER_UNIT, round(band * course.blocks)))
             enrollments.append(Enrollment(chosen, course, blocks))
             remaining -= blocks
-        self.learners = learner
-        self.enrollments = enrollments
+        self.newcomers = [
+            Enrollment(learner + n, self.courses[0], newcomer_blocks) for n in range(1, late + 1)
+        ]
+        self.learners = learner + late
+        self.enrollments = enrollments + self.newcomers
         # Rich modules: the first problem of unit 0 of enrollments with two units or more.
         rich_count = min(20, shape.history_rows // (2 * RICH_HISTORY))
-        self.rich = [
-            e for e in enrollments if e.course is not self.iteration_course and e.full_units >= 2
-        ][:rich_count]
+        self.rich = [e for e in self.settled if e.course in self.courses and e.full_units >= 2][
+            :rich_count
+        ]
 
     @property
     def all_courses(self) -> list[Course]:
-        return [*self.courses, self.iteration_course]
+        return [*self.courses, self.iteration_course, self.fresh_course]
+
+    @property
+    def fresh(self) -> list[Enrollment]:
+        """Enrollments in the fresh course."""
+        return [e for e in self.enrollments if e.course is self.fresh_course]
+
+    @property
+    def late(self) -> list[Enrollment]:
+        """Enrollments loaded after the tables were analysed: the fresh course, newcomers."""
+        return self.fresh + self.newcomers
+
+    @property
+    def settled(self) -> list[Enrollment]:
+        """Enrollments loaded before the tables are analysed."""
+        late = self.late
+        return [e for e in self.enrollments if e not in late]
 
     def rows_per_course(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -228,16 +256,24 @@ class Layout:
         rows = self.rows_per_course()
         return max(self.courses, key=lambda c: rows.get(c.key, 0))
 
-    def units(self, rng: random.Random, count: int, *, heavy: bool) -> list[tuple[Enrollment, int]]:
+    def units(
+        self,
+        rng: random.Random,
+        count: int,
+        *,
+        heavy: bool = False,
+        among: Sequence[Enrollment] | None = None,
+    ) -> list[tuple[Enrollment, int]]:
         """Return ``count`` (enrollment, unit) pairs with state in all 20 blocks, at random.
 
-        ``heavy``: only learners with the most rows in the course (2,000 or more, or the top
-        tenth when no one has that many). Unit 0 is left out: rich modules live there, and the
-        benchmark's writes must not add to their history.
+        From ``among`` (default: the enrollments the statistics know). ``heavy``: only learners
+        with the most rows in the course (2,000 or more, or the top tenth when no one has that
+        many). Unit 0 is left out: rich modules live there, and the benchmark's writes must not
+        add to their history.
         """
         usable = [
             e
-            for e in self.enrollments
+            for e in (self.settled if among is None else among)
             if e.full_units >= 2 and e.course is not self.iteration_course
         ]
         if heavy:
@@ -249,9 +285,11 @@ class Layout:
             picked.append((enrollment, rng.randrange(1, enrollment.full_units)))
         return picked
 
-    def rows_in_order(self) -> Iterator[tuple[Enrollment, int, int]]:
+    def rows_in_order(
+        self, enrollments: Sequence[Enrollment] | None = None
+    ) -> Iterator[tuple[Enrollment, int, int]]:
         """Yield ``(enrollment, unit, position)`` of every row, in creation order (by rounds)."""
-        active = list(self.enrollments)
+        active = list(self.enrollments if enrollments is None else enrollments)
         unit = 0
         while active:
             for enrollment in active:
@@ -405,7 +443,7 @@ def _copy_text(value: Any) -> str:
 
 
 def stamps(connection: Any, start: datetime, end: datetime, count: int) -> list[Any]:
-    """Return ``count`` ascending timestamps from ``start`` to ``end``, as the backend stores them."""
+    """Return ``count`` ascending timestamps from start to end, as the backend stores them."""
     step = (end - start) / max(count - 1, 1)
     values = [start + step * i for i in range(count)]
     if connection.vendor == "postgresql":
@@ -470,20 +508,29 @@ def generate(layout: Layout, *, rebuild_indexes: bool | None = None) -> Generate
 
     per_field = [XModuleUserStateSummaryField, XModuleStudentPrefsField, XModuleStudentInfoField]
     with _indexes_built_after(using, [StudentModule, *per_field], rebuild_indexes):
-        problem_ids = _load_modules(connection, layout, rng, times, result)
+        problem_ids = _load_modules(connection, layout, layout.settled, 1, rng, times, result)
         _load_per_field(connection, layout, times, result)
     with _indexes_built_after(history_using, [StudentModuleHistory], rebuild_indexes):
         _load_history(connections[history_using], layout, rng, problem_ids, result)
-    _reset_sequences(connection, [user_model, StudentModule])
     _analyse(connection, [user_model, StudentModule, *per_field])
     _analyse(connections[history_using], [StudentModuleHistory])
+    # After the statistics: a course launched and learners who joined since the last analyze.
+    loaded = result.counts["courseware_studentmodule"]
+    _load_modules(connection, layout, layout.late, loaded + 1, rng, times, result)
+    _reset_sequences(connection, [user_model, StudentModule])
     return result
 
 
 def _load_modules(
-    connection: Any, layout: Layout, rng: random.Random, times: list[Any], result: Generated
+    connection: Any,
+    layout: Layout,
+    enrollments: Sequence[Enrollment],
+    first_id: int,
+    rng: random.Random,
+    times: list[Any],
+    result: Generated,
 ) -> list[int]:
-    """Write the StudentModule rows; return the ids of problem rows, rich ones first."""
+    """Write the enrollments' StudentModule rows; return the ids of problem rows, rich first."""
     from django.db import transaction
 
     from kvstate.models import StudentModule
@@ -513,7 +560,8 @@ def _load_modules(
         transaction.atomic(connection.alias),
         Loader(connection, StudentModule._meta.db_table, columns) as loader,
     ):
-        for row_id, (enrollment, unit, position) in enumerate(layout.rows_in_order(), start=1):
+        rows = layout.rows_in_order(enrollments)
+        for row_id, (enrollment, unit, position) in enumerate(rows, start=first_id):
             course = enrollment.course
             block_type = course.block_type(unit, position)
             if block_type == "problem":
@@ -547,8 +595,9 @@ def _load_modules(
                     times[modified],
                 )
             )
-    result.counts["courseware_studentmodule"] = loader.count
-    result.rich_module_ids = rich_ids
+    table = StudentModule._meta.db_table
+    result.counts[table] = result.counts.get(table, 0) + loader.count
+    result.rich_module_ids += rich_ids
     return rich_ids + problem_ids
 
 
@@ -567,8 +616,13 @@ def _load_per_field(connection: Any, layout: Layout, times: list[Any], result: G
             XModuleUserStateSummaryField,
             ("usage_id", "field_name", "value", "created", "modified"),
             (
-                (course.usage(unit, p), SUMMARY_FIELD, f'{{"choice_{p % 4}": {unit + p}}}')
-                + (stamp, stamp)
+                (
+                    course.usage(unit, p),
+                    SUMMARY_FIELD,
+                    f'{{"choice_{p % 4}": {unit + p}}}',
+                    stamp,
+                    stamp,
+                )
                 for course in layout.all_courses
                 for unit in range(course.units)
                 for p in range(BLOCKS_PER_UNIT)
@@ -629,10 +683,7 @@ def _load_history(
         Loader(connection, StudentModuleHistory._meta.db_table, columns) as loader,
     ):
         for index, module_id in enumerate(problem_ids):
-            if index < rich:
-                entries = RICH_HISTORY
-            else:
-                entries = base + (1 if index - rich < extra else 0)
+            entries = RICH_HISTORY if index < rich else base + (index - rich < extra)
             start = rng.randrange(len(times) - entries) if entries < len(times) else 0
             for n in range(entries):
                 state, grade, max_grade = states[rng.randrange(256)]
@@ -647,17 +698,21 @@ def _indexes_built_after(using: str, models: Sequence[Any], enabled: bool) -> It
     Taken from the models' ``Meta``, so they come back exactly as the migrations made them.
     """
     from django.db import connections
+    from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
     if not enabled:
         yield
         return
     connection = connections[using]
     with connection.schema_editor() as editor:
+        # On MySQL/MariaDB, the base class's methods: the backend's own add an index on a
+        # foreign key column left without one, which would stay after the load.
+        remover: Any = BaseDatabaseSchemaEditor if connection.vendor == "mysql" else type(editor)
         for model in models:
             for constraint in model._meta.constraints:
-                editor.remove_constraint(model, constraint)
+                remover.remove_constraint(editor, model, constraint)
             for index in model._meta.indexes:
-                editor.remove_index(model, index)
+                remover.remove_index(editor, model, index)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # Session settings (no server change): index builds sort in memory.

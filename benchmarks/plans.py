@@ -261,9 +261,7 @@ def flag_postgres(
                 last = max(i for i, b in enumerate(bound) if b)
                 skipped = [c for c, b in zip(columns[:last], bound[:last], strict=True) if not b]
                 if skipped:
-                    prefix = (
-                        [c for c in columns[: bound.index(False)]] if False in bound else columns
-                    )
+                    prefix = list(columns[: bound.index(False)])
                     flags.append(
                         f"index prefix: {index} condition skips {', '.join(skipped)}: every entry "
                         f"under ({', '.join(prefix) or 'nothing'}) is read"
@@ -315,11 +313,10 @@ def flag_mysql(
             sorted_rows = None
             if isinstance(value, dict):
                 sorted_rows = value.get("table", {}).get("r_rows", value.get("r_output_rows"))
-            parts.append(f"filesort {sorted_rows if sorted_rows is not None else '?'} rows")
+            counted = "unknown" if sorted_rows is None else f"{float(sorted_rows):,.0f}"
+            parts.append(f"filesort {counted} rows")
             if sorted_rows is None or sorted_rows >= BIG_SORT:
-                flags.append(
-                    f"sort: filesort of {sorted_rows if sorted_rows is not None else 'unknown'} rows"
-                )
+                flags.append(f"sort: filesort of {counted} rows")
             continue
         if key != "table" or not isinstance(value, dict) or "access_type" not in value:
             continue
@@ -343,9 +340,11 @@ def flag_mysql(
         size = big_tables.get(table, 0)
         if access in {"ALL", "index"} and size:
             flags.append(f"full scan of {table} ({access}, {size:,} rows, {examined:,.0f} read)")
-        if removed >= BIG_FILTER and removed > kept:
+        # A derived table's filter (``<derived3>``) is the query's own logic, not an index's.
+        if removed >= BIG_FILTER and removed > kept and not table.startswith("<"):
+            by = key_name or table
             flags.append(
-                f"filter: {removed:,.0f} rows read by {key_name or table} and thrown away, {kept:,.0f} kept"
+                f"filter: {removed:,.0f} rows read by {by} and thrown away, {kept:,.0f} kept"
             )
         columns = indexes.get(key_name or "", ())
         condition = " ".join(

@@ -78,6 +78,8 @@ FODDER_AGE = timedelta(days=1000)
 TARGETS = {
     "cache_typical": 2.0,
     "cache_heavy": 2.0,
+    "cache_fresh": 2.0,
+    "cache_newcomer": 2.0,
     "get_many": 2.0,
     "submit": 1.5,
     "set_many_existing": 10.0,
@@ -252,9 +254,11 @@ class World:
         rng = random.Random(seed + 2)
         pool = counts.latency + counts.warmup
         threaded = threads * counts.thread_rounds * (counts.per_thread + 1)
-        self.typical = layout.units(rng, pool, heavy=False)
+        self.typical = layout.units(rng, pool)
         self.heavy = layout.units(rng, pool, heavy=True)
-        self.submits = layout.units(rng, pool + threaded, heavy=False)
+        self.fresh = layout.units(rng, pool, among=layout.fresh)
+        self.newcomers = layout.units(rng, pool, among=layout.newcomers)
+        self.submits = layout.units(rng, pool + threaded)
         wide = [
             e
             for e in layout.enrollments
@@ -264,9 +268,9 @@ class World:
             (e, rng.randrange(1, e.full_units - 2))
             for e in rng.choices(wide, k=counts.batch + counts.warmup)
         ]
-        learners = {
-            e.learner for e, _ in [*self.typical, *self.heavy, *self.submits, *self.batches]
-        }
+        samples = [*self.typical, *self.heavy, *self.fresh, *self.newcomers, *self.submits]
+        samples += self.batches
+        learners = {e.learner for e, _ in samples}
         learners |= {e.learner for e in layout.rich}
         self.users = get_user_model()._default_manager.in_bulk(sorted(learners))
         self.bench_course = CourseKey.from_string(BENCH_COURSE)
@@ -342,9 +346,7 @@ Step = Callable[[], Any]
 Prepare = Callable[[Impl, int], Step]
 
 
-def op_cache(world: World, heavy: bool) -> Prepare:
-    samples = world.heavy if heavy else world.typical
-
+def op_cache(world: World, samples: list[tuple[Any, int]]) -> Prepare:
     def prepare(impl: Impl, i: int) -> Step:
         user, course, _usages, blocks = world.unit(*samples[i % len(samples)])
         return lambda: impl.cache(blocks, course, user)
@@ -512,7 +514,13 @@ def submits_in_threads(world: World, threads: int, counts: Counts) -> dict[str, 
         for impl in impls if round_ % 2 == 0 else impls[::-1]:
             latencies: list[float] = []
 
-            def target(index: int, barrier: threading.Barrier, impl: Impl = impl) -> None:
+            def target(
+                index: int,
+                barrier: threading.Barrier,
+                impl: Impl = impl,
+                round_: int = round_,
+                latencies: list[float] = latencies,
+            ) -> None:
                 steps = []
                 for k in range(counts.per_thread):
                     j = base + (round_ * threads + index) * counts.per_thread + k
@@ -557,7 +565,14 @@ def contended_row(world: World, threads: int, counts: Counts) -> dict[str, Throu
             block = world.block(usage, user, "problem", state_only=True)
             stats.reset()
 
-            def target(index: int, barrier: threading.Barrier, impl: Impl = impl) -> None:
+            def target(
+                index: int,
+                barrier: threading.Barrier,
+                impl: Impl = impl,
+                block: Any = block,
+                user: Any = user,
+                usage: Any = usage,
+            ) -> None:
                 barrier.wait()
                 for k in range(counts.per_thread):
                     kvs = impl.kvs(impl.cache([block], world.bench_course, user))
@@ -749,13 +764,17 @@ def profile_rows(result: Profile, top: int, sort: str) -> list[list[str]]:
 
 @dataclass
 class Explained:
+    """The worst plan of one statement shape in one operation, over every time it ran."""
+
     operation: str
     statement: Statement
     verdict: Verdict
+    times: int = 1
+    flagged: int = 0
 
 
 def big_tables(threshold: int) -> dict[str, int]:
-    """Return ``{table: rows}`` of kvstate's tables (and the user table) with ``threshold`` rows+."""
+    """Return ``{table: rows}`` of kvstate's tables and the user table with ``threshold`` rows+."""
     from django.contrib.auth import get_user_model
 
     from kvstate.models import (
@@ -791,8 +810,13 @@ def explain_operations(world: World, threshold: int) -> tuple[list[Explained], d
 
     impl = Kvstate()
     runs: list[tuple[str, Callable[[], Any]]] = [
-        ("cache build, typical learner", op_cache(world, heavy=False)(impl, 0)),
-        ("cache build, heavy learner", op_cache(world, heavy=True)(impl, 0)),
+        *[
+            ("cache build, typical learner", op_cache(world, world.typical)(impl, i))
+            for i in range(3)
+        ],
+        *[("cache build, heavy learner", op_cache(world, world.heavy)(impl, i)) for i in range(3)],
+        *[("cache build, fresh course", op_cache(world, world.fresh)(impl, i)) for i in range(3)],
+        *[("cache build, newcomer", op_cache(world, world.newcomers)(impl, i)) for i in range(3)],
         ("get_many(20)", op_get_many(world)(impl, 0)),
         ("submit", op_submit(world)(impl, 0)),
         ("set_many(50), rows exist", op_set_many(world, new_rows=False)(impl, 0)),
@@ -849,25 +873,31 @@ def explain_operations(world: World, threshold: int) -> tuple[list[Explained], d
     ]
     tables.append(get_user_model()._meta.db_table)
     indexes = index_columns(ALIASES, sorted(set(tables)))
-    explained: list[Explained] = []
+    explained: dict[tuple[str, str, str], Explained] = {}
     total = 0
-    seen: set[tuple[str, str]] = set()
     for label, run in runs:
         if label.startswith("prune"):
             _remove_fodder()
             _add_fodder(400, 10)
 
         def before(statement: Statement, label: str = label) -> None:
-            identity = (statement.alias, statement.shape)
-            if identity not in seen and explainable(statement):
-                seen.add(identity)
-                explained.append(Explained(label, statement, explain(statement, sizes, indexes)))
+            if not explainable(statement):
+                return
+            verdict = explain(statement, sizes, indexes)
+            identity = (label, statement.alias, statement.shape)
+            found = explained.get(identity)
+            if found is None:
+                found = explained[identity] = Explained(label, statement, verdict, times=0)
+            elif len(verdict.flags) > len(found.verdict.flags):
+                found.statement, found.verdict = statement, verdict
+            found.times += 1
+            found.flagged += bool(verdict.flags)
 
         with capture(ALIASES, before) as statements:
             run()
         total += len(statements)
     _remove_fodder()
-    return explained, sizes, total
+    return list(explained.values()), sizes, total
 
 
 # --- the databases ----------------------------------------------------------------------------
@@ -1114,9 +1144,7 @@ class Report:
             )
         )
 
-        print(
-            "\n## Prune (manage.py kvstate_prune_history, batches of 1,000, on the big history table)\n"
-        )
+        print("\n## Prune (manage.py kvstate_prune_history, batches of 1,000, big history table)\n")
         print(
             table(
                 ["run", "rows deleted", "s", "rows/s"],
@@ -1171,7 +1199,8 @@ class Report:
                     item.operation,
                     "history" if item.statement.alias == HISTORY_ALIAS else "default",
                     item.verdict.summary[:150],
-                    "; ".join(item.verdict.flags) or "ok",
+                    ("; ".join(item.verdict.flags) or "ok")
+                    + (f" ({item.flagged} of {item.times} runs)" if item.times > 1 else ""),
                 ]
             )
         print(table(["#", "operation", "alias", "plan", "flags"], rows))
@@ -1294,7 +1323,8 @@ def main(argv: list[str] | None = None) -> int:
     with scale_databases(keep, args.reuse):
         layout = Layout(shape)
         print(
-            f"# kvstate at scale: {describe_database()}, Django {django.get_version()}, Python {platform.python_version()}"
+            f"# kvstate at scale: {describe_database()}, Django {django.get_version()}, "
+            f"Python {platform.python_version()}"
         )
         print(f"machine: {machine()}")
         print(f"server: {database_settings()}")
@@ -1315,10 +1345,14 @@ def main(argv: list[str] | None = None) -> int:
             report.header["generation_seconds"] = seconds
         per_course = layout.rows_per_course()
         heavy = max(e.blocks for e in layout.enrollments)
+        iterated = per_course[layout.iteration_course.key]
         print(
-            f"shape: {len(layout.courses)} courses + 1 iterated, {layout.learners:,} learners, "
+            f"shape: {len(layout.courses)} courses + 1 iterated + 1 fresh "
+            f"({len(layout.fresh)} learners x {layout.fresh_course.blocks:,} rows, loaded after "
+            f"ANALYZE), {len(layout.newcomers)} newcomers x {layout.newcomers[0].blocks:,} rows "
+            f"(after ANALYZE), {layout.learners:,} learners, "
             f"{len(layout.enrollments):,} enrollments (largest {heavy:,} rows in one course), "
-            f"units of {BLOCKS_PER_UNIT}; iterated course {per_course[layout.iteration_course.key]:,} "
+            f"units of {BLOCKS_PER_UNIT}; iterated course {iterated:,} "
             f"rows, biggest course {per_course[layout.biggest_course.key]:,} rows; "
             f"{len(layout.rich)} modules with {RICH_HISTORY} history entries"
         )
@@ -1337,13 +1371,27 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "cache_typical",
                     "FieldDataCache, 20-block unit, 4 scopes, typical learner",
-                    op_cache(world, heavy=False),
+                    op_cache(world, world.typical),
                     counts.latency,
                 ),
                 (
                     "cache_heavy",
-                    f"FieldDataCache, 20-block unit, learner with {min(e.blocks for e, _u in world.heavy):,}+ rows in the course",
-                    op_cache(world, heavy=True),
+                    f"FieldDataCache, 20-block unit, learner with "
+                    f"{min(e.blocks for e, _u in world.heavy):,}+ rows in the course",
+                    op_cache(world, world.heavy),
+                    counts.latency,
+                ),
+                (
+                    "cache_fresh",
+                    "FieldDataCache, 20-block unit, course newer than the planner statistics",
+                    op_cache(world, world.fresh),
+                    counts.latency,
+                ),
+                (
+                    "cache_newcomer",
+                    f"FieldDataCache, 20-block unit, learner newer than the planner statistics "
+                    f"({layout.newcomers[0].blocks:,} rows in the course)",
+                    op_cache(world, world.newcomers),
                     counts.latency,
                 ),
                 ("get_many", "client get_many, 20 blocks", op_get_many(world), counts.latency),

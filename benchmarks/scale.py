@@ -7,10 +7,12 @@
 
 Generates the dataset of :mod:`benchmarks.dataset` in bulk (COPY on PostgreSQL, multi-row
 INSERT elsewhere) into its own databases: Django's test databases of ``tests.settings``, named
-with ``$KVSTATE_TEST_DB_SUFFIX`` + ``_scale``. ``--keep`` leaves them after the run; ``--reuse``
-measures on a dataset an earlier ``--keep`` run left (regenerating it if its shape differs) and
-keeps it. The benchmark's own learners and rows are deleted at the end; its writes to generated
-learners' rows stay (a few hundred states rewritten, a few thousand history rows added).
+with ``$KVSTATE_TEST_DB_SUFFIX`` + ``_scale``. ``--keep`` leaves them after the run, marked;
+``--reuse`` measures on such a kept dataset of the same shape and keeps it. A run never
+overwrites a kept dataset unless given ``--replace`` (another shape, say 10M rows beside a kept
+1M, needs another ``KVSTATE_TEST_DB_SUFFIX``). The benchmark's own learners and rows are
+deleted at the end; its writes to generated learners' rows stay (a few hundred states
+rewritten, a few thousand history rows added).
 
 Measures both implementations interleaved (A, B, B, A, ... in one process, same database,
 warm), and prints medians, p95 and the ratio baseline / kvstate of the request-path
@@ -915,19 +917,24 @@ def explain_operations(world: World, threshold: int) -> tuple[list[Explained], d
 
 
 @contextlib.contextmanager
-def scale_databases(keep: bool, reuse: bool) -> Iterator[None]:
-    """Create (or, with ``reuse``, keep) the benchmark's databases; drop them unless ``keep``."""
+def scale_databases() -> Iterator[dict[str, bool]]:
+    """Create the benchmark's databases, or open those a kept run left.
+
+    Yields ``{"drop": False}``: set ``drop`` once it is clear they may go (never before a kept
+    dataset has been found and refused).
+    """
     from django.db import connections
     from django.test.utils import setup_databases, teardown_databases
 
     old_config = setup_databases(
-        verbosity=0, interactive=False, keepdb=reuse, serialized_aliases=set()
+        verbosity=0, interactive=False, keepdb=True, serialized_aliases=set()
     )
+    plan = {"drop": False}
     try:
-        yield
+        yield plan
     finally:
         connections.close_all()
-        teardown_databases(old_config, verbosity=0, keepdb=keep)
+        teardown_databases(old_config, verbosity=0, keepdb=not plan["drop"])
 
 
 def dataset_marker() -> str | None:
@@ -1304,6 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="measure on a kept dataset (implies --keep)"
     )
+    parser.add_argument("--replace", action="store_true", help="regenerate over a kept dataset")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--repeat", type=float, default=1.0, help="multiply the iteration counts")
     parser.add_argument(
@@ -1331,7 +1339,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvstate.models import StudentModule
 
     report = Report()
-    with scale_databases(keep, args.reuse):
+    with scale_databases() as plan:
         layout = Layout(shape)
         print(
             f"# kvstate at scale: {describe_database()}, Django {django.get_version()}, "
@@ -1340,16 +1348,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {machine()}")
         print(f"server: {database_settings()}")
         databases = ", ".join(connections[a].settings_dict["NAME"] for a in ALIASES)
-        if args.reuse and dataset_marker() == shape.marker:
+        kept = dataset_marker()
+        if kept is not None and not args.replace and not (args.reuse and kept == shape.marker):
+            raise SystemExit(
+                f"{databases} hold a dataset an earlier --keep run left ({kept}). Measure on it "
+                "with --reuse and the same shape, regenerate it with --replace, or choose other "
+                "databases with KVSTATE_TEST_DB_SUFFIX."
+            )
+        plan["drop"] = not keep
+        if kept is not None and kept == shape.marker and args.reuse:
             print(f"dataset: reused ({shape.marker}) in {databases}")
             remove_bench_rows()
         else:
-            if dataset_marker() is not None or StudentModule.objects.exists():
+            if kept is not None or StudentModule.objects.exists():
                 empty_tables()
             set_marker(None)
             started = time.perf_counter()
             generated = generate(layout)
-            set_marker(shape.marker)
+            # Only a kept dataset is marked: the mark protects it from the next run.
+            set_marker(shape.marker if keep else None)
             seconds = time.perf_counter() - started
             counted = ", ".join(f"{t} {n:,}" for t, n in generated.counts.items())
             print(f"dataset: generated in {seconds:.0f} s into {databases}: {counted}")

@@ -8,8 +8,10 @@
   the cache forgets what it cannot know and reloads it on the next read.
 
 Faults are injected with ``connection.execute_wrapper`` on real connections: the statement
-runs (and commits, in autocommit), then the connection is closed under Django's feet, as a
-killed server or a dropped network would leave it.
+runs (and commits, in autocommit), then the server ends the session (``pg_terminate_backend``,
+``KILL CONNECTION``), as a killed server or a dropped network would leave it, and the client
+meets the driver's own lost-connection error. SQLite runs in-process and has no connection to
+lose: there only :class:`ConnectionLostTests` applies.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Server coordinates come from KVSTATE_PG_* / KVSTATE_MYSQL_* (defaults: this mach
 """
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,20 @@ def _database(name: str) -> dict[str, Any]:
 DATABASES = {
     "default": _database("default"),
     "student_module_history": _database("history"),
+}
+
+# Redis (Django's RedisCache) backs the cache-store tests; every run gets its own key prefix
+# and deletes its keys, so runs sharing one server never see each other's entries.
+REDIS_URL = os.environ.get("KVSTATE_REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "redis": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"kvstate-test{_suffix}-{uuid.uuid4().hex[:12]}",
+        "TIMEOUT": 600,
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
+    },
 }
 
 LOGGING = {

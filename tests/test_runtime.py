@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 from django.test import override_settings
-from django.contrib.auth.models import AnonymousUser
 from opaque_keys.edx.locator import CourseLocator
 from xblock.exceptions import InvalidScopeError, KeyValueMultiSaveError
 from xblock.field_data import DictFieldData

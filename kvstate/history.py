@@ -126,6 +126,26 @@ def page_for_module(
     return list(entries[: size + 1])
 
 
+#: What :func:`for_modules` yields per history row, in this order.
+ENTRY_COLUMNS = ("student_module_id", "created", "state", "grade", "max_grade", "version")
+
+
+def for_modules(module_ids: Collection[int]) -> Iterator[tuple[Any, ...]]:
+    """Yield the ``ENTRY_COLUMNS`` of the modules' history, each module's newest first.
+
+    One statement per parameter-limit chunk of ids (one for up to 32,766 modules).
+    """
+    using = alias()
+    ids = sorted(module_ids)
+    size = sql.max_query_params(connections[using])
+    for start in range(0, len(ids), size):
+        rows = StudentModuleHistory.objects.using(using).filter(
+            student_module_id__in=ids[start : start + size]
+        )
+        ordered = rows.order_by("student_module_id", "-created", "-id")
+        yield from ordered.values_list(*ENTRY_COLUMNS)
+
+
 # Pruning -----------------------------------------------------------------------------------
 
 
@@ -217,6 +237,31 @@ def _delete_with_module(
         transaction.on_commit(
             partial(_delete_detached, history_using, [instance.pk]), using=using, robust=True
         )
+
+
+def erase_for_modules(module_ids: Sequence[int], *, batch_size: int) -> int:
+    """Delete the history of ``module_ids``, at most ``batch_size`` rows per statement.
+
+    Returns how many rows went. Each statement commits on its own outside a transaction, so
+    an interruption keeps what was deleted. Callers delete the modules only once this has
+    returned: a history row is then never left without its module, and rerunning finds the
+    rest through the modules. ``module_ids`` must fit one statement's parameters.
+    """
+    using = alias()
+    connection = connections[using]
+    table = StudentModuleHistory._meta.db_table
+    total = 0
+    while True:
+        deleted = sql.delete_limited(connection, table, "student_module_id", module_ids, batch_size)
+        total += deleted
+        if deleted < batch_size:
+            return total
+
+
+def count_for_modules(module_ids: Sequence[int]) -> int:
+    """Return how many history rows ``module_ids`` have, in one statement."""
+    rows = StudentModuleHistory.objects.using(alias()).filter(student_module_id__in=module_ids)
+    return rows.count()
 
 
 def _delete_for_modules(using: str, module_ids: Sequence[int]) -> None:

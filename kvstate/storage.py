@@ -47,7 +47,8 @@ MAX_CONFLICT_RETRIES = 10
 #: that deadlocked and restart at the same instant tend to deadlock again.
 MAX_CONFLICT_PAUSE = 0.05
 
-_MODULE_COLUMNS = (
+#: The columns :meth:`ModuleRow.from_values` reads, in its order.
+MODULE_COLUMNS = (
     "id",
     "module_type",
     "state",
@@ -138,7 +139,7 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a ``values_list(*_MODULE_COLUMNS, ...)`` tuple."""
+        """Build from a ``values_list(*MODULE_COLUMNS, ...)`` tuple."""
         row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
@@ -169,11 +170,18 @@ def dump_state(state: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """Fields to set in, and to delete from, one block's user_state (``clear``: delete all)."""
+    """Fields to set in, and to delete from, one block's user_state (``clear``: delete all).
+
+    ``set_if_present`` sets fields only where the state already holds them (a reset of
+    ``attempts`` must not add the field to blocks that never had it). Like the rest of the
+    change it is applied to the row as the compare-and-swap finds it, so it never undoes what
+    another writer stored meanwhile.
+    """
 
     set_fields: Mapping[str, Any] = field(default_factory=dict)
     delete_fields: frozenset[str] = frozenset()
     clear: bool = False
+    set_if_present: Mapping[str, Any] = field(default_factory=dict)
 
     def apply(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``state`` with this change applied."""
@@ -181,12 +189,27 @@ class StateChange:
             return {}
         merged = {k: v for k, v in state.items() if k not in self.delete_fields}
         merged.update(self.set_fields)
+        merged.update({k: v for k, v in self.set_if_present.items() if k in merged})
         return merged
 
     @property
     def creates(self) -> bool:
         """Whether applying this change to a missing row stores anything."""
         return bool(self.set_fields) and not self.clear
+
+    def needed(self, row: ModuleRow | None) -> bool:
+        """Whether this change writes to ``row`` (``None``: the row does not exist)."""
+        if row is None:
+            return self.creates
+        if not self.set_if_present or self.set_fields or self.delete_fields or self.clear:
+            # Written even when it changes nothing: every write call leaves its history row.
+            return True
+        # A conditional change alone writes only what it changes: resetting attempts that are
+        # absent, or already exactly 0, leaves the row (and its history) alone.
+        return any(
+            name in row.state and json.dumps(row.state[name]) != json.dumps(value)
+            for name, value in self.set_if_present.items()
+        )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -250,7 +273,7 @@ def fetch_modules(
         if lock and connection.features.has_select_for_update:
             query = query.select_for_update()
         for values in query.values_list(
-            *_MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
+            *MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
         ):
             target = by_key.get(values[-2:])
             if target is not None:
@@ -330,8 +353,8 @@ def _merge(
         # Taken after the rows were (re-)read, so a row's ``modified`` (and its history's
         # ``created``) never goes back in time: whoever wrote what we read stamped it earlier.
         now = timezone.now()
-        for target in [t for t in todo if t not in known and not todo[t].creates]:
-            del todo[target]  # a delete on a row that does not exist: nothing to do
+        for target in [t for t in todo if not todo[t].needed(known.get(t))]:
+            del todo[target]  # e.g. a delete on a row that does not exist: nothing to do
         if not todo:
             return done
         # Every text of the round is built (and size-checked) before its first statement.

@@ -24,18 +24,21 @@ from functools import cached_property
 from typing import Any
 
 from django.apps import apps
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db.models import Model, Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from opaque_keys import InvalidKeyError
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
-from kvstate import history, storage
+from kvstate import history, operations, storage
 from kvstate.models import (
     StudentModule,
     StudentModuleHistory,
@@ -89,6 +92,8 @@ class _BoundedChangeList(ChangeList):
 class LearnerDataAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Read-only, bounded admin for one kvstate table (see the module's docstring)."""
 
+    actions: Any = ()
+
     paginator = BoundedPaginator
     show_full_result_count = False
     list_per_page = 50
@@ -128,10 +133,145 @@ class LearnerDataAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may reset or delete learners' state (the actions, not forms)."""
+        return bool(request.user.has_perm("kvstate.change_studentmodule"))
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        """Whether the user may erase learners' data."""
+        return bool(request.user.has_perm("kvstate.delete_studentmodule"))
+
     @admin.display(description="value")
     def formatted_value(self, obj: Any) -> SafeString:
         """The per-field value as indented JSON, escaped."""
         return _json_block(obj.value)
+
+
+# Actions -----------------------------------------------------------------------------------
+
+
+def _confirmed_rows(
+    modeladmin: LearnerDataAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[Any],
+    what: str,
+    details: Any = None,
+) -> list[Any] | HttpResponse | None:
+    """Return the selected rows once confirmed; else a confirmation page (or None: refused).
+
+    At most one page of rows: "select all" over a huge table would make one click rewrite
+    millions of rows, so it is refused with a message.
+    """
+    limit = modeladmin.list_per_page
+    rows = list(queryset.select_related("student").order_by("pk")[: limit + 1])
+    if len(rows) > limit:
+        modeladmin.message_user(
+            request,
+            f"Select at most {limit} rows (one page) to {what}; {len(rows) - 1}+ were selected.",
+            messages.ERROR,
+        )
+        return None
+    if request.POST.get("confirmed") == "yes":
+        return rows
+    action = request.POST.get("action", "")
+    return TemplateResponse(
+        request,
+        "admin/kvstate/confirm_operation.html",
+        {
+            **modeladmin.admin_site.each_context(request),
+            "title": f"Are you sure you want to {what}?",
+            "what": what,
+            "opts": modeladmin.model._meta,
+            "rows": rows,
+            "details": details(rows) if details else None,
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        },
+    )
+
+
+def _usage_key(module: StudentModule) -> UsageKey:
+    # Rows store keys without course run details (old deprecated keys): put them back.
+    key: UsageKey = module.module_state_key.map_into_course(module.course_id)
+    return key
+
+
+@admin.action(description="Reset attempts of the selected modules", permissions=["operate"])
+def reset_attempts(
+    modeladmin: LearnerDataAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> HttpResponse | None:
+    """Set ``attempts`` to 0 in each selected module (kvstate.operations.reset_attempts)."""
+    rows = _confirmed_rows(modeladmin, request, queryset, "reset attempts of these modules")
+    if not isinstance(rows, list):
+        return rows
+    changed = sum(operations.reset_attempts(row.student_id, _usage_key(row)) for row in rows)
+    modeladmin.message_user(
+        request,
+        f"Reset attempts in {changed} of {len(rows)} selected modules"
+        + ("" if changed == len(rows) else " (the others have no attempts, or 0)")
+        + ".",
+        messages.SUCCESS,
+    )
+    return None
+
+
+@admin.action(description="Delete the state of the selected modules", permissions=["operate"])
+def delete_state(
+    modeladmin: LearnerDataAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> HttpResponse | None:
+    """Empty each selected module's state (kvstate.operations.delete_state), per learner."""
+    rows = _confirmed_rows(modeladmin, request, queryset, "delete the state of these modules")
+    if not isinstance(rows, list):
+        return rows
+    keys_by_learner: dict[int, list[UsageKey]] = {}
+    for row in rows:
+        keys_by_learner.setdefault(row.student_id, []).append(_usage_key(row))
+    deleted = sum(
+        operations.delete_state(student_id, keys) for student_id, keys in keys_by_learner.items()
+    )
+    modeladmin.message_user(
+        request,
+        f"Deleted the state of {deleted} of {len(rows)} selected modules"
+        + ("" if deleted == len(rows) else " (the others had none)")
+        + "; grades and history stay.",
+        messages.SUCCESS,
+    )
+    return None
+
+
+def _erasure_preview(rows: list[Any]) -> list[tuple[str, dict[str, int]]]:
+    learners = {row.student_id: row.student for row in rows}
+    return [
+        (user.get_username(), operations.erase_user(user_id, dry_run=True))
+        for user_id, user in learners.items()
+    ]
+
+
+@admin.action(
+    description="Erase the selected rows' learners (all their kvstate data)",
+    permissions=["erase"],
+)
+def erase_learners(
+    modeladmin: LearnerDataAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> HttpResponse | None:
+    """Delete every row of each selected row's learner (kvstate.operations.erase_user)."""
+    rows = _confirmed_rows(
+        modeladmin,
+        request,
+        queryset,
+        "erase all kvstate data of these learners",
+        details=_erasure_preview,
+    )
+    if not isinstance(rows, list):
+        return rows
+    learners = {row.student_id: row.student.get_username() for row in rows}
+    for user_id, username in learners.items():
+        counts = operations.erase_user(user_id)
+        summary = ", ".join(f"{count} from {table}" for table, count in counts.items() if count)
+        modeladmin.message_user(
+            request, f"Erased {username}: {summary or 'nothing left to delete'}.", messages.SUCCESS
+        )
+    return None
 
 
 class StudentModuleAdmin(LearnerDataAdmin):
@@ -164,6 +304,7 @@ class StudentModuleAdmin(LearnerDataAdmin):
         "recent_history",
     )
     readonly_fields = ("formatted_state", "recent_history")
+    actions = (reset_attempts, delete_state, erase_learners)
 
     def search(self, term: str) -> Q | None:
         return _module_condition(term)
@@ -256,6 +397,7 @@ class XModuleStudentPrefsFieldAdmin(LearnerDataAdmin):
     deferred_in_list = ("value",)
     fields = ("student", "module_type", "field_name", "created", "modified", "formatted_value")
     readonly_fields = ("formatted_value",)
+    actions = (erase_learners,)
 
     def search(self, term: str) -> Q | None:
         return _username(term)
@@ -269,6 +411,7 @@ class XModuleStudentInfoFieldAdmin(LearnerDataAdmin):
     deferred_in_list = ("value",)
     fields = ("student", "field_name", "created", "modified", "formatted_value")
     readonly_fields = ("formatted_value",)
+    actions = (erase_learners,)
 
     def search(self, term: str) -> Q | None:
         return _username(term)
@@ -293,8 +436,6 @@ def _parse(key_class: Any, term: str) -> Any:
 
 
 def _username(term: str) -> Q:
-    from django.contrib.auth import get_user_model
-
     return Q(**{f"student__{get_user_model().USERNAME_FIELD}": term})
 
 

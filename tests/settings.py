@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from demo_site.static import xblock_sdk_static_dir
+
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "kvstate-tests-only"
 DEBUG = False
@@ -23,6 +25,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "kvstate",
+    # The workbench (outside the kvstate package): its pages run in the browser tests.
+    "demo_site",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -46,6 +50,7 @@ TEMPLATES = [
     },
 ]
 STATIC_URL = "/static/"
+STATICFILES_DIRS = [xblock_sdk_static_dir()]
 DATABASE_ROUTERS = ["kvstate.routers.StudentModuleHistoryRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 
+import webob
 from django.contrib.auth import get_user_model, login, logout
 from django.http import (
     FileResponse,
@@ -18,7 +19,6 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 from opaque_keys import InvalidKeyError
 from opaque_keys.edx.keys import UsageKey
-import webob
 from web_fragments.fragment import Fragment
 from xblock.core import XBlock
 from xblock.exceptions import DisallowedFileError, NoSuchHandlerError, NoSuchUsage
@@ -98,7 +98,7 @@ def handler(request: HttpRequest, usage_key: str, handler: str, suffix: str = ""
     )
 
 
-def resource(request: HttpRequest, block_type: str, uri: str) -> HttpResponse:
+def resource(request: HttpRequest, block_type: str, uri: str) -> FileResponse:
     """Serve a file packaged with a block class (its public JavaScript, CSS, images)."""
     try:
         block_class = XBlock.load_class(block_type)

@@ -77,7 +77,12 @@ def seed_users() -> AbstractBaseUser:
     """Create the workbench's learners and staff user if missing; return the staff user."""
     users = get_user_model()._default_manager
     for name in LEARNERS:
-        users.get_or_create(username=name, defaults={"email": f"{name}@example.com"})
+        learner, created = users.get_or_create(
+            username=name, defaults={"email": f"{name}@example.com"}
+        )
+        if created:
+            learner.set_unusable_password()  # picked on the page, never signed in with
+            learner.save()
     staff, created = users.get_or_create(
         username=STAFF_USERNAME,
         defaults={"email": "staff@example.com", "is_staff": True, "is_superuser": True},

@@ -43,7 +43,9 @@ class SeedTests(TestCase):
             [*LEARNERS, STAFF_USERNAME]
         )
         staff = users.get(username=STAFF_USERNAME)
-        assert staff.is_staff and staff.is_superuser and staff.check_password(STAFF_PASSWORD)
+        assert staff.is_staff
+        assert staff.is_superuser
+        assert staff.check_password(STAFF_PASSWORD)
         assert not users.get(username="alice").has_usable_password()
         assert f"{STAFF_USERNAME} / {STAFF_PASSWORD}" in out.getvalue()
 
@@ -132,7 +134,7 @@ class WorkbenchPageTests(TestCase):
                     "usage_key": str(WORKBENCH_UNIT.course.make_usage_key("poll", "x")),
                     "handler": "vote",
                 },
-            ),  # fmt: skip
+            ),
             reverse("demo_site:handler", kwargs={"usage_key": str(POLL), "handler": "nope"}),
             reverse("demo_site:resource", kwargs={"block_type": "nope", "uri": "public/a.js"}),
             reverse("demo_site:resource", kwargs={"block_type": "poll", "uri": "poll.py"}),

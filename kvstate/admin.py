@@ -279,7 +279,6 @@ class StudentModuleAdmin(LearnerDataAdmin):
         "id",
         "student",
         "module_state_key",
-        "course_id",
         "module_type",
         "grade",
         "max_grade",

@@ -389,3 +389,13 @@ class ActionTests(AdminTestCase):
         assert set(choices) == {"", "reset_attempts", "delete_state", "erase_learners"}
         info_choices = self.client.get(changelist(XModuleStudentInfoField)).context["action_form"]
         assert set(dict(info_choices.fields["action"].choices)) == {"", "erase_learners"}
+
+
+class SearchFormTests(AdminTestCase):
+    def test_a_search_past_the_limit_says_more_than(self) -> None:
+        self.make_rows(StudentModule, COUNT_LIMIT + 1)
+        html = self.client.get(changelist(StudentModule) + "?q=alice").content.decode()
+        assert f"more than {COUNT_LIMIT} results" in html
+        html = self.client.get(changelist(StudentModule) + "?q=bob").content.decode()
+        assert "0 results" in html
+        assert "more than" not in html

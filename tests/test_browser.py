@@ -3,16 +3,14 @@
 Runs on every backend when Debian's ``chromium`` and ``chromium-driver`` are installed
 (``/usr/bin/chromium``, ``/usr/bin/chromedriver``; selenium's own driver download cannot reach
 the internet). Without them the tests skip, unless ``KVSTATE_REQUIRE_BROWSER=1`` (CI sets it),
-when they fail. ``KVSTATE_SCREENSHOTS=<folder>`` saves the README's screenshots there.
+when they fail.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import time
 import unittest
-from pathlib import Path
 from typing import Any, ClassVar
 
 from django.contrib.staticfiles.testing import StaticLiveServerTestCase
@@ -21,45 +19,17 @@ from django.test import override_settings
 from django.urls import reverse
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from demo_site import browser
 from demo_site.unit import STAFF_PASSWORD, STAFF_USERNAME, WORKBENCH_UNIT, seed_users
 from kvstate.models import StudentModule
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REQUIRED = os.environ.get("KVSTATE_REQUIRE_BROWSER") == "1"
-MISSING = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-SCREENSHOTS = os.environ.get("KVSTATE_SCREENSHOTS")
+MISSING = browser.missing()
 POLL = WORKBENCH_UNIT.poll
-
-# Without the background-networking flags Chromium keeps calling home, and this network
-# refuses every such connection.
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-dev-shm-usage",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1200,1700",
-)
-
-
-def start_chromium(profile: str) -> webdriver.Chrome:
-    """Start headless Debian Chromium through its own chromedriver."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
 
 
 @unittest.skipIf(
@@ -86,7 +56,7 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         super().setUpClass()
         cls.profile = tempfile.TemporaryDirectory(prefix="kvstate-chromium-")
         try:
-            cls.driver = start_chromium(cls.profile.name)
+            cls.driver = browser.start_chromium(cls.profile.name)  # type: ignore[assignment]
         except Exception:
             cls.profile.cleanup()
             super().tearDownClass()
@@ -167,13 +137,6 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
             ],
         }
 
-    def screenshot(self, name: str) -> None:
-        """Save the page for the README when ``KVSTATE_SCREENSHOTS`` names a folder."""
-        if SCREENSHOTS:
-            time.sleep(1)  # let the blocks' CSS transitions finish (a picture, not a check)
-            Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-            self.driver.save_screenshot(str(Path(SCREENSHOTS) / name))
-
     # The cases
 
     def test_a_learner_votes_reloads_and_still_sees_the_vote(self) -> None:
@@ -227,7 +190,6 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         self.wait.until(lambda driver: self.done_grade() == 1.0)
 
         self.reload()
-        self.screenshot("workbench.png")
 
         assert self.results()["mine"] == ["Other"]
         assert "Results gathered from 1 respondent" in self.block("course_feedback").text
@@ -264,7 +226,6 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         assert "Submission history of alice" in page
         assert '+ choice = "B"' in page
         assert '"choice": "B"' in self.driver.find_element(By.CLASS_NAME, "state").text
-        self.screenshot("history.png")
         # The workbench shows staff a history link per learner and block.
         self.driver.get(self.live_server_url + "/")
         self.wait_for_blocks()

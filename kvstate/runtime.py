@@ -274,12 +274,17 @@ class StudentDataProvider:
         """Return the provider for ``request``'s user.
 
         An anonymous or ephemeral provider keeps its state in ``KVSTATE_ANONYMOUS_CACHE``
-        under the visitor's id (see :func:`visitor_id`; the request needs a session) when
-        that setting names a cache; else in memory for this request.
+        under the visitor's id (see :func:`visitor_id`) when that setting names a cache and
+        the request has a session; else in memory for this request.
         """
         user = request.user
         visitor = None
-        if (ephemeral or user.is_anonymous) and settings.ANONYMOUS_CACHE is not None:
+        has_session = hasattr(request, "session")  # no SessionMiddleware: nowhere to keep an id
+        if (
+            (ephemeral or user.is_anonymous)
+            and settings.ANONYMOUS_CACHE is not None
+            and has_session
+        ):
             visitor = visitor_id(request)
         return cls(user, ephemeral=ephemeral, read_only=read_only, visitor=visitor)
 

@@ -470,6 +470,12 @@ class AnonymousCacheTests(NothingPersistedTests):
         session.cycle_key()  # as login() does
         assert visitor_id(request) == visitor
 
+    def test_without_a_session_state_lasts_one_request(self) -> None:
+        request = self.factory.get("/")
+        request.user = AnonymousUser()
+        provider = StudentDataProvider.for_request(request)
+        assert isinstance(provider.memory_store, EphemeralKeyValueStore)
+
     @override_settings(KVSTATE_ANONYMOUS_CACHE=None)
     def test_without_the_setting_state_lasts_one_request(self) -> None:
         session = SessionStore()

@@ -1,9 +1,11 @@
 """The five tables of Open edX's courseware state layer, under their Open edX names.
 
-PII: every table but ``courseware_xmoduleuserstatesummaryfield`` is keyed by a learner, and
-``state``/``value`` hold whatever the XBlock stored for that learner (answers, submissions).
-Retire a learner by deleting their ``StudentModule`` rows (history follows) and their
-preferences and user_info rows.
+Each model's docstring carries Open edX's PII annotations (OEP-30: ``.. pii:``,
+``.. pii_types:``, ``.. pii_retirement:``, or ``.. no_pii:``), which ``code_annotations``
+collects. Every table but ``courseware_xmoduleuserstatesummaryfield`` holds rows of one
+learner; ``kvstate.operations.erase_user`` deletes them all (connect
+``kvstate.operations.retire_user_receiver`` to your user-retirement signal), and
+``export_user`` returns them.
 """
 
 from __future__ import annotations
@@ -75,7 +77,11 @@ class StudentModuleQuerySet(_KeysetQuerySet["StudentModule"]):
 class StudentModule(models.Model):
     """One learner's ``user_state`` for one block: a JSON object of field name to value.
 
-    PII: ``state`` holds the learner's answers and progress.
+    .. pii: ``state`` holds what the block stored for the learner (answers and submissions,
+       which can be free text they typed; progress); ``student_id`` ties it to the user.
+       Deleted by ``kvstate.operations.erase_user``, e.g. on retirement.
+    .. pii_types: id, other
+    .. pii_retirement: local_api
     """
 
     MODULE_TYPE_MAX_LENGTH = 32
@@ -166,7 +172,12 @@ class StudentModuleHistory(models.Model):
     """A snapshot of a ``StudentModule`` after one write call.
 
     Lives on the ``student_module_history`` database alias when it is configured.
-    PII: ``state`` holds the learner's answers at that time.
+
+    .. pii: ``state`` holds the learner's answers at that time; ``student_module_id`` ties it
+       to the learner's module. Deleted by ``kvstate.operations.erase_user`` (before the
+       module itself), e.g. on retirement.
+    .. pii_types: other
+    .. pii_retirement: local_api
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -227,7 +238,8 @@ class _PerFieldBase(models.Model):
 class XModuleUserStateSummaryField(_PerFieldBase):
     """A ``user_state_summary`` field of one block, shared by all learners.
 
-    PII: none by design, though a block may aggregate learner input here.
+    .. no_pii: Keyed by block only, with no learner column: what a block keeps here is
+       shared by every learner (a poll's tally), so erasing a learner leaves it.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -253,7 +265,11 @@ class XModuleUserStateSummaryField(_PerFieldBase):
 class XModuleStudentPrefsField(_PerFieldBase):
     """A ``preferences`` field of one learner for one block type (block family included).
 
-    PII: the learner's preferences.
+    .. pii: ``value`` holds a preference the learner set for blocks of a type (a video's
+       speed, a language); ``student_id`` ties it to the user. Deleted by
+       ``kvstate.operations.erase_user``, e.g. on retirement.
+    .. pii_types: id, other
+    .. pii_retirement: local_api
     """
 
     BLOCK_TYPE_MAX_LENGTH = 64
@@ -292,7 +308,11 @@ class XModuleStudentPrefsField(_PerFieldBase):
 class XModuleStudentInfoField(_PerFieldBase):
     """A ``user_info`` field of one learner, across all blocks.
 
-    PII: information about the learner.
+    .. pii: ``value`` holds what blocks keep about the learner across all blocks;
+       ``student_id`` ties it to the user. Deleted by ``kvstate.operations.erase_user``,
+       e.g. on retirement.
+    .. pii_types: id, other
+    .. pii_retirement: local_api
     """
 
     id = models.BigAutoField(primary_key=True)

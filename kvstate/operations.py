@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.db import connections, router
+from django.db.models import QuerySet
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
@@ -126,8 +127,9 @@ def reset_attempts(user_id: int, usage_key: UsageKey, *, dry_run: bool = False) 
     target = Target.of(check_usage_key(usage_key)).check()
     using = storage.state_alias()
     known = storage.fetch_modules(using, user_id, [target])
-    if dry_run or not _RESET.needed(known.get(target)):
-        return _RESET.needed(known.get(target))
+    needed = _RESET.needed(known.get(target))
+    if dry_run or not needed:
+        return needed
     changed = target in storage.write_user_states(user_id, {target: _RESET}, known, using=using)
     log.info(
         "kvstate: reset attempts of user %s in %s: %s",
@@ -244,68 +246,37 @@ def export_user(user_id: int) -> dict[str, Any]:
     alias, and on history's 1 per 32,766 modules (none without modules).
     """
     _check_user_id(user_id)
-    modules = StudentModule.objects.using(storage.state_alias()).for_user(user_id).order_by("id")
-    user_state = [
-        {
-            "id": module_id,
-            "usage_key": usage_key,
-            "course_id": course_id,
-            "module_type": module_type,
-            **_json_field("state", state),
-            "grade": grade,
-            "max_grade": max_grade,
-            "done": done,
-            "created": _timestamp(created),
-            "modified": _timestamp(modified),
-            "history": [],
-        }
-        for (
-            module_id,
-            usage_key,
-            course_id,
-            module_type,
-            state,
-            grade,
-            max_grade,
-            done,
-            created,
-            modified,
-        ) in modules.values_list(
-            "id",
-            storage.column_text("module_state_key"),
-            storage.column_text("course_id"),
-            "module_type",
-            "state",
-            "grade",
-            "max_grade",
-            "done",
-            "created",
-            "modified",
-        )
-    ]
-    by_id = {entry["id"]: entry for entry in user_state}
+    modules = StudentModule.objects.using(storage.state_alias()).for_user(user_id)
+    user_state = _exported(
+        modules,
+        id="id",
+        usage_key=storage.column_text("module_state_key"),
+        course_id=storage.column_text("course_id"),
+        module_type="module_type",
+        state="state",
+        grade="grade",
+        max_grade="max_grade",
+        done="done",
+        created="created",
+        modified="modified",
+    )
+    by_id: dict[int, dict[str, Any]] = {}
+    for entry in user_state:
+        entry["history"] = []
+        by_id[entry["id"]] = entry
     history_rows = 0
-    for module_id, created, state, grade, max_grade, version in history.for_modules(by_id):
-        by_id[module_id]["history"].append(
-            {
-                "created": _timestamp(created),
-                **_json_field("state", state),
-                "grade": grade,
-                "max_grade": max_grade,
-                "version": version,
-            }
-        )
+    for module_id, *values in history.for_modules(by_id):
+        by_id[module_id]["history"].append(_exported_row(history.ENTRY_COLUMNS[1:], values))
         history_rows += 1
-    preferences = [
-        {"block_type": block_type, "field_name": name, **_per_field(value, created, modified)}
-        for block_type, name, value, created, modified in _per_field_rows(
-            XModuleStudentPrefsField, user_id, storage.column_text("module_type")
-        )
-    ]
-    user_info = [
-        {"field_name": name, **_per_field(value, created, modified)}
-        for name, value, created, modified in _per_field_rows(XModuleStudentInfoField, user_id)
-    ]
+    per_field = ("field_name", "value", "created", "modified")
+    preferences = _exported(
+        _of_learner(XModuleStudentPrefsField, user_id),
+        block_type=storage.column_text("module_type"),
+        **{name: name for name in per_field},
+    )
+    user_info = _exported(
+        _of_learner(XModuleStudentInfoField, user_id), **{name: name for name in per_field}
+    )
     log.info(
         "kvstate: exported the data of user %s: %d user_state rows, %d history rows, "
         "%d preferences, %d user_info",
@@ -323,20 +294,29 @@ def export_user(user_id: int) -> dict[str, Any]:
     }
 
 
-def _per_field_rows(model: type[Any], user_id: int, *key: Any) -> Iterable[tuple[Any, ...]]:
-    rows = model.objects.using(router.db_for_write(model)).filter(student_id=user_id)
-    result: Iterable[tuple[Any, ...]] = rows.order_by("id").values_list(
-        *key, "field_name", "value", "created", "modified"
-    )
-    return result
+def _of_learner(model: type[Any], user_id: int) -> QuerySet[Any]:
+    rows: QuerySet[Any] = model.objects.using(router.db_for_write(model))
+    return rows.filter(student_id=user_id)
 
 
-def _per_field(value: str, created: datetime, modified: datetime) -> dict[str, Any]:
-    return {
-        **_json_field("value", value),
-        "created": _timestamp(created),
-        "modified": _timestamp(modified),
-    }
+def _exported(rows: QuerySet[Any], **columns: Any) -> list[dict[str, Any]]:
+    """Return ``rows`` oldest first, each as ``{name: value}`` of the ``columns`` given."""
+    names = list(columns)
+    ordered = rows.order_by("id").values_list(*columns.values())
+    return [_exported_row(names, values) for values in ordered]
+
+
+def _exported_row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+    """Return ``values`` under ``names``: JSON text parsed, timestamps in ISO 8601."""
+    row: dict[str, Any] = {}
+    for name, value in zip(names, values, strict=True):
+        if name in ("state", "value"):
+            row.update(_json_field(name, value))
+        elif isinstance(value, datetime):
+            row[name] = _timestamp(value)
+        else:
+            row[name] = value
+    return row
 
 
 def _json_field(name: str, text: str | None) -> dict[str, Any]:
@@ -416,7 +396,13 @@ def _erase(user_id: int, batch_size: int) -> Iterator[ErasureBatch]:
     finished = False
     try:
         using = storage.state_alias()
-        modules = StudentModule.objects.using(using).for_user(user_id)
+        # In the unique index's order (no sort): a rerun starts with the batch that was
+        # interrupted, whose history may be gone already.
+        modules = (
+            StudentModule.objects.using(using)
+            .for_user(user_id)
+            .order_by("module_state_key", "course_id")
+        )
         while True:
             ids = list(modules.values_list("id", flat=True)[:batch_size])
             if ids:
@@ -463,8 +449,7 @@ def _count(user_id: int, batch_size: int) -> dict[str, int]:
             break
         last = ids[-1]
     for model in (XModuleStudentPrefsField, XModuleStudentInfoField):
-        rows = model.objects.using(router.db_for_write(model)).filter(student_id=user_id)
-        counts[model._meta.db_table] = rows.count()
+        counts[model._meta.db_table] = _of_learner(model, user_id).count()
     return counts
 
 

@@ -23,6 +23,7 @@ from django.test import TestCase, TransactionTestCase
 from opaque_keys.edx.block_types import BlockTypeKeyV1
 from opaque_keys.edx.keys import CourseKey, UsageKey
 from opaque_keys.edx.locator import CourseLocator, LibraryLocatorV2, LibraryUsageLocatorV2
+from xblock.fields import Scope
 
 from kvstate import operations
 from kvstate.conf import HISTORY_ALIAS
@@ -42,7 +43,16 @@ from kvstate.testing.factories import (
     UserStateSummaryFactory,
 )
 from kvstate.user_state_client import DjangoXBlockUserStateClient
-from tests.underfire import EXACT_VALUES, HOSTILE_NAMES, assert_exact, snapshot
+from tests.underfire import (
+    EXACT_VALUES,
+    HOSTILE_NAMES,
+    PROBE_TYPE,
+    PROBLEM,
+    assert_exact,
+    key,
+    new_store,
+    snapshot,
+)
 
 COURSE = CourseLocator("kvstate", "Operations", "2026")
 OTHER_COURSE = CourseLocator("kvstate", "Elsewhere", "2026")
@@ -330,7 +340,7 @@ class DeleteCourseStateCommitTests(TransactionTestCase):
         return list(rows.values_list("state", flat=True))
 
     def test_each_batch_commits_on_its_own(self) -> None:
-        second_update = _failing_on("UPDATE", MODULES, occurrence=2)
+        second_update = failing_on("UPDATE", MODULES, occurrence=2)
         with connections["default"].execute_wrapper(second_update), pytest.raises(DatabaseError):
             operations.delete_course_state(self.user.pk, COURSE, batch_size=10)
         # The first page is deleted; the rest is untouched, and a second run finishes the job.
@@ -397,6 +407,27 @@ class ExportUserTests(OperationsTestCase):
         [info] = exported["user_info"]
         assert_exact(info["value"], EXACT_VALUES["odd_keys_object"])
         assert info["field_name"] == "tz"
+
+    def test_every_exact_value_in_every_learner_scope(self) -> None:
+        # Written through the key-value store, as XBlocks write them; read back through JSON.
+        _cache, kvs = new_store(self.user, [PROBLEM], EXACT_VALUES)
+        with self.committed():
+            kvs.set_many(
+                {
+                    key(scope, self.user.pk, PROBLEM, name): value
+                    for scope in (Scope.user_state, Scope.preferences, Scope.user_info)
+                    for name, value in EXACT_VALUES.items()
+                }
+            )
+        exported = json.loads(json.dumps(operations.export_user(self.user.pk)))
+        [module] = exported["user_state"]
+        assert_exact(module["state"], EXACT_VALUES)
+        assert_exact(module["history"][0]["state"], EXACT_VALUES)
+        for scope in ("preferences", "user_info"):
+            with self.subTest(scope):
+                values = {row["field_name"]: row["value"] for row in exported[scope]}
+                assert_exact(values, EXACT_VALUES)
+        assert {row["block_type"] for row in exported["preferences"]} == {PROBE_TYPE}
 
     def test_the_export_is_json_and_survives_a_round_trip_through_it(self) -> None:
         self.fill()
@@ -487,11 +518,10 @@ class EraseUserTests(OperationsTestCase):
         rows = snapshot()
         rows["StudentModule"] = [r for r in rows["StudentModule"] if r[0] not in own]
         rows["StudentModuleHistory"] = [r for r in rows["StudentModuleHistory"] if r[1] not in own]
-        for model in ("XModuleStudentPrefsField", "XModuleStudentInfoField"):
-            user_column = [f.attname for f in globals()[model]._meta.concrete_fields].index(
-                "student_id"
-            )
-            rows[model] = [r for r in rows[model] if r[user_column] != self.user.pk]
+        for model in (XModuleStudentPrefsField, XModuleStudentInfoField):
+            column = [f.attname for f in model._meta.concrete_fields].index("student_id")
+            name = model.__name__
+            rows[name] = [r for r in rows[name] if r[column] != self.user.pk]
         return rows
 
     def test_deletes_every_row_of_the_learner_and_nothing_else(self) -> None:
@@ -534,7 +564,7 @@ class EraseUserTests(OperationsTestCase):
 
     def test_history_goes_before_its_modules_and_a_rerun_finishes(self) -> None:
         self.fill(self.user)
-        second_delete = _failing_on("DELETE", MODULES, occurrence=2)
+        second_delete = failing_on("DELETE", MODULES, occurrence=2)
         with connections["default"].execute_wrapper(second_delete), pytest.raises(DatabaseError):
             operations.erase_user(self.user.pk, batch_size=10)
         # Batch 1 is gone; batch 2 lost its history but kept its modules: no history is left
@@ -566,6 +596,37 @@ class EraseUserTests(OperationsTestCase):
             counts = operations.erase_user(self.user.pk, batch_size=10, dry_run=True)
         assert counts == {MODULES: 25, HISTORY: 50, SUMMARY: 0, PREFS: 12, INFO: 5}
         assert snapshot() == before
+
+
+class LoggingTests(OperationsTestCase):
+    def test_each_destructive_operation_says_who_what_and_how_many(self) -> None:
+        self.write(self.user, usage("p1"), {"attempts": 2})
+        uid = self.user.pk
+        with self.assertLogs("kvstate", "INFO") as logs:
+            with self.committed():
+                operations.reset_attempts(uid, usage("p1"))
+            with self.committed():
+                operations.delete_state(uid, [usage("p1"), usage("p2")])
+            operations.delete_course_state(uid, COURSE)
+            operations.erase_user(uid)
+        assert [record.getMessage() for record in logs.records] == [
+            f"kvstate: reset attempts of user {uid} in {usage('p1')}: done",
+            f"kvstate: deleted the state of user {uid} in 1 of the 2 blocks asked",
+            f"kvstate: deleted the state of user {uid} in 0 blocks of {COURSE}",
+            f"kvstate: erasing the data of user {uid}, in batches of 1000 rows",
+            f"kvstate: erased the data of user {uid}: {{'{MODULES}': 1, '{HISTORY}': 3, "
+            f"'{SUMMARY}': 0, '{PREFS}': 0, '{INFO}': 0}}",
+        ]
+
+    def test_an_erasure_stopped_early_is_a_warning(self) -> None:
+        self.write(self.user, usage("p1"), {"attempts": 2})
+        with self.assertLogs("kvstate", "WARNING") as logs:
+            batches = operations.erase_user_batches(self.user.pk)
+            next(batches)
+            batches.close()  # as when the caller stops iterating
+        [record] = logs.records
+        assert "stopped after deleting" in record.getMessage()
+        assert "erase the user again to finish" in record.getMessage()
 
 
 class RetirementTests(OperationsTestCase):
@@ -678,8 +739,13 @@ class BadInputTests(OperationsTestCase):
         assert snapshot() == before
 
 
-def _failing_on(statement: str, table: str, occurrence: int) -> Any:
-    """Return an execute wrapper failing the ``occurrence``-th ``statement`` on ``table``."""
+def failing_on(
+    statement: str, table: str, occurrence: int, error: BaseException | None = None
+) -> Any:
+    """Return an execute wrapper raising at the ``occurrence``-th ``statement`` on ``table``.
+
+    ``error`` defaults to a ``DatabaseError``; it is raised before the statement runs.
+    """
     seen = 0
 
     def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -687,7 +753,48 @@ def _failing_on(statement: str, table: str, occurrence: int) -> Any:
         if sql.lstrip().upper().startswith(statement) and table in sql:
             seen += 1
             if seen == occurrence:
-                raise DatabaseError(f"{statement} on {table} refused (injected fault)")
+                raise error or DatabaseError(f"{statement} on {table} refused (injected fault)")
         return execute(sql, params, many, context)
 
     return wrapper
+
+
+class AutocommitRoundTrips(TransactionTestCase):
+    """Round trips as a web request or a command sends them (BEGIN/COMMIT counted)."""
+
+    databases = {"default", HISTORY_ALIAS}
+
+    def setUp(self) -> None:
+        self.user = UserFactory()
+        self.blocks = [usage(f"p{n:02}") for n in range(50)]
+        DjangoXBlockUserStateClient().set_many(
+            self.user.username, {b: {"attempts": 1} for b in self.blocks}
+        )
+
+    @contextmanager
+    def round_trips(self, default: int, history: int) -> Iterator[None]:
+        with (
+            self.assertNumQueries(history, using=HISTORY_ALIAS),
+            self.assertNumQueries(default, using="default"),
+        ):
+            yield
+
+    def test_reset_and_delete_of_one_block_need_no_transaction(self) -> None:
+        # The read; the compare-and-swap UPDATE, one statement: no BEGIN/COMMIT. History: one
+        # INSERT once the UPDATE has committed.
+        with self.round_trips(2, 1):
+            operations.reset_attempts(self.user.pk, self.blocks[0])
+        with self.round_trips(2, 1):
+            operations.delete_state(self.user.pk, [self.blocks[0]])
+
+    def test_delete_of_many_blocks_is_one_transaction(self) -> None:
+        # The read; BEGIN, one UPDATE for the 50 rows, COMMIT (all or nothing); history.
+        with self.round_trips(4, 1):
+            assert operations.delete_state(self.user.pk, self.blocks) == 50
+
+    def test_erase_commits_statement_by_statement(self) -> None:
+        # Batches of 20 over 50 modules (1 history row each): 3 SELECTs of ids and 3 DELETEs;
+        # the per-field tables are empty: 1 DELETE each. History: DELETEs of up to 20 rows
+        # until one deletes fewer: 20 then 0, twice, then 10. No BEGIN/COMMIT anywhere.
+        with self.round_trips(3 + 3 + 2, 2 + 2 + 1):
+            operations.erase_user(self.user.pk, batch_size=20)

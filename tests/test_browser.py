@@ -18,7 +18,7 @@ from django.core.cache import caches
 from django.test import override_settings
 from django.urls import reverse
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
@@ -75,7 +75,9 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         self.driver.delete_all_cookies()
         # Blocks re-render parts of themselves (a poll swaps its form for its results).
         self.wait = WebDriverWait(
-            self.driver, 15, ignored_exceptions=(StaleElementReferenceException,)
+            self.driver,
+            15,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
         )
 
     # Acting in the page
@@ -117,10 +119,18 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         """Vote in the poll and wait for its results."""
         self.poll().find_element(By.CSS_SELECTOR, f"input[value='{choice}']").click()
         self.poll().find_element(By.CSS_SELECTOR, "button.submit").click()
-        self.wait_for_blocks()
+        self.results()
 
     def results(self) -> dict[str, Any]:
-        """Return the poll's results as shown: respondents, percentages, the checked answer."""
+        """Return the poll's results once it shows them: respondents, percentages, the vote."""
+        # The poll fetches and renders its results in steps: read them once they are there.
+        results: dict[str, Any] = self.wait.until(lambda driver: self.read_results())
+        self.wait_for_blocks()
+        return results
+
+    def read_results(self) -> dict[str, Any] | None:
+        if "Results gathered" not in self.poll().text:
+            return None
         rows = self.poll().find_elements(By.CSS_SELECTOR, "li.poll-result")
         return {
             "footnote": self.poll().find_element(By.CLASS_NAME, "poll-footnote").text,
@@ -192,7 +202,11 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         self.reload()
 
         assert self.results()["mine"] == ["Other"]
-        assert "Results gathered from 1 respondent" in self.block("course_feedback").text
+        self.wait.until(
+            lambda driver: (
+                "Results gathered from 1 respondent" in self.block("course_feedback").text
+            )
+        )
         assert self.upvotes() == "1"
         assert self.done_grade() == 1.0
         states = {

@@ -93,7 +93,6 @@ class LearnerDataAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Read-only, bounded admin for one kvstate table (see the module's docstring)."""
 
     actions: Any = ()
-
     paginator = BoundedPaginator
     show_full_result_count = False
     list_per_page = 50
@@ -104,7 +103,7 @@ class LearnerDataAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_filter = ()
     #: Columns not read for the change list.
     deferred_in_list: tuple[str, ...] = ()
-    #: Search parsers tried in order; see :meth:`search`.
+    #: Shown under the search box: what a search term may be (see :meth:`search`).
     search_help_text = ""
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
@@ -167,7 +166,7 @@ def _confirmed_rows(
     if len(rows) > limit:
         modeladmin.message_user(
             request,
-            f"Select at most {limit} rows (one page) to {what}; {len(rows) - 1}+ were selected.",
+            f"Select at most {limit} rows (one page) to {what}; more than that were selected.",
             messages.ERROR,
         )
         return None

@@ -21,6 +21,7 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from demo_site import browser
@@ -85,7 +86,10 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
     def open_unit(self, learner: str) -> None:
         """Open the unit as ``learner`` (picked in the learner picker) or ``anonymous``."""
         self.driver.get(self.live_server_url + "/")
-        self.driver.find_element(By.ID, f"as-{learner}").click()
+        button = self.driver.find_element(By.ID, f"as-{learner}")
+        button.click()
+        # The picker posts and redirects: wait for the new page, whoever the old one showed.
+        self.wait.until(staleness_of(button))
         self.wait.until(lambda driver: self.current_learner() == learner)
         self.wait_for_blocks()
 

@@ -35,6 +35,7 @@ class Command(BaseCommand):
                 f"{browser.missing()} missing: apt-get install chromium chromium-driver"
             )
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.expected_conditions import staleness_of
         from selenium.webdriver.support.ui import WebDriverWait
 
         base = options["url"].rstrip("/")
@@ -53,7 +54,9 @@ class Command(BaseCommand):
 
             def as_learner(name: str) -> None:
                 driver.get(base + "/")
-                driver.find_element(By.ID, f"as-{name}").click()
+                button = driver.find_element(By.ID, f"as-{name}")
+                button.click()
+                wait.until(staleness_of(button))  # the picker posts, then redirects
                 wait.until(
                     lambda d: (
                         d.find_element(By.ID, "current-learner").get_attribute("data-learner")

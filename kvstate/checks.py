@@ -111,6 +111,20 @@ def _hook_problem(path: object) -> str:
     return ""
 
 
+def check_open_edx_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Open edX's ``USER_STATE_BATCH_SIZE``, which kvstate honours, has a usable value."""
+    size = getattr(django_settings, "USER_STATE_BATCH_SIZE", None)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        return [
+            checks.Error(
+                f"USER_STATE_BATCH_SIZE is {size!r}.",
+                hint="Use a positive number of rows per statement, or leave it unset (1000).",
+                id="kvstate.E010",
+            )
+        ]
+    return []
+
+
 def _is_str_collection(value: object) -> bool:
     return (
         isinstance(value, Iterable)
@@ -124,3 +138,4 @@ def register() -> None:
     checks.register(check_history_routing)
     checks.register(check_value_settings)
     checks.register(check_web_settings)
+    checks.register(check_open_edx_settings)

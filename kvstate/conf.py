@@ -15,6 +15,9 @@ DEFAULT_HISTORY_BLOCK_TYPES: frozenset[str] = frozenset({"problem"})
 
 DEFAULT_MAX_VALUE_BYTES = 2 * 1024 * 1024
 
+#: Rows per statement when the client iterates over a block or a course.
+DEFAULT_USER_STATE_BATCH_SIZE = 1000
+
 
 class _Settings:
     """Typed, live view of the ``KVSTATE_*`` settings."""
@@ -60,6 +63,25 @@ class _Settings:
         request (one ``StudentDataProvider``).
         """
         value: str | None = getattr(django_settings, "KVSTATE_ANONYMOUS_CACHE", None)
+        return value
+
+    @property
+    def USER_STATE_BATCH_SIZE(self) -> int:
+        """Rows per statement when iterating over all the state of a block or a course.
+
+        Open edX's ``USER_STATE_BATCH_SIZE`` (not namespaced: code ported from Open edX sets
+        it), default 1,000.
+        """
+        value: int | None = getattr(django_settings, "USER_STATE_BATCH_SIZE", None)
+        return DEFAULT_USER_STATE_BATCH_SIZE if value is None else value
+
+    @property
+    def READ_ALIAS(self) -> str | None:
+        """The database alias read-only work (reports) reads from; ``None``: the router decides.
+
+        ``KVSTATE_READ_ALIAS``, default ``None``.
+        """
+        value: str | None = getattr(django_settings, "KVSTATE_READ_ALIAS", None)
         return value
 
     @property

@@ -5,13 +5,17 @@ One history row per StudentModule per write call, for the block types in
 state's transaction, so a rolled-back write leaves none. On its own database it is written once
 the state has committed (there is no two-phase commit across databases), and a failure there is
 logged with the module ids, never raised: the learner's write stands.
+
+kvstate's own writes are SQL statements and call :func:`record`. Code that saves a
+``StudentModule`` through the ORM (Open edX's instructor tools do) is recorded by a
+``post_save`` receiver under the same rules, as Open edX records it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -20,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 from django.db import Error, connections, router, transaction
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
-from django.db.models.signals import post_delete
+from django.db.models.signals import post_delete, post_save
 
 from kvstate import sql
-from kvstate.conf import settings
 from kvstate.models import StudentModule, StudentModuleHistory
 
 if TYPE_CHECKING:
@@ -38,9 +41,12 @@ def alias() -> str:
 
 
 def records(module_type: str) -> bool:
-    """Return whether writes to blocks of ``module_type`` leave history rows."""
-    block_types = settings.HISTORY_BLOCK_TYPES
-    return block_types is None or module_type in block_types
+    """Return whether writes to blocks of ``module_type`` leave history rows.
+
+    Asks ``StudentModuleHistory.HISTORY_SAVING_TYPES`` (the setting, read live), so code that
+    replaces that attribute, as Open edX tests do, changes what is recorded here too.
+    """
+    return module_type in StudentModuleHistory.HISTORY_SAVING_TYPES
 
 
 # Writing -----------------------------------------------------------------------------------
@@ -65,6 +71,40 @@ def record(rows: Sequence[ModuleRow], *, state_using: str) -> None:
         for row in rows
         if row.id is not None
     ]
+    _write(entries, state_using)
+
+
+def _record_save(
+    sender: type[StudentModule], instance: StudentModule, using: str, **kwargs: Any
+) -> None:
+    """Record a ``StudentModule`` saved through the ORM, as Open edX's ``post_save`` receiver."""
+    if not records(instance.module_type):
+        return
+    entry = StudentModuleHistory(
+        student_module_id=instance.pk,
+        created=instance.modified,
+        state=instance.state,
+        grade=instance.grade,
+        max_grade=instance.max_grade,
+    )
+    _write([entry], using)
+
+
+def saving(module: StudentModule, using: str | None) -> AbstractContextManager[Any]:
+    """Return the context an ORM save of ``module`` runs in, so its history goes with it.
+
+    When history shares the row's database, the save and its history row (written by the
+    ``post_save`` receiver) form one transaction, as a kvstate write and its history do: in
+    autocommit too, a failed history insert leaves no lone state row. Otherwise nothing.
+    """
+    using = using or router.db_for_write(StudentModule, instance=module)
+    if records(module.module_type) and alias() == using:
+        return transaction.atomic(using, savepoint=False)
+    return nullcontext()
+
+
+def _write(entries: list[StudentModuleHistory], state_using: str) -> None:
+    """Insert ``entries``: now on the state's database, after its commit on another."""
     if not entries:
         return
     history_using = alias()
@@ -280,7 +320,8 @@ def _delete_detached(using: str, module_ids: list[int]) -> None:
 
 
 def connect_signals() -> None:
-    """Connect the receiver that deletes history with its module."""
+    """Connect the receivers that record ORM saves and delete history with its module."""
+    post_save.connect(_record_save, sender=StudentModule, dispatch_uid="kvstate.history.save")
     post_delete.connect(
         _delete_with_module, sender=StudentModule, dispatch_uid="kvstate.history.delete"
     )

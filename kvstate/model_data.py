@@ -24,7 +24,7 @@ from opaque_keys.edx.asides import AsideUsageKeyV1, AsideUsageKeyV2
 from opaque_keys.edx.block_types import BlockTypeKeyV1
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 from xblock.core import XBlockAside
-from xblock.exceptions import KeyValueMultiSaveError
+from xblock.exceptions import InvalidScopeError, KeyValueMultiSaveError
 from xblock.fields import Field, ScopeBase
 from xblock.plugin import PluginMissingError
 from xblock.runtime import KeyValueStore
@@ -36,6 +36,7 @@ from kvstate.models import (
     XModuleStudentPrefsField,
     XModuleUserStateSummaryField,
 )
+from kvstate.scores import Score, ScoresClient
 from kvstate.storage import ModuleRow, StateChange, Target
 from kvstate.validation import (
     PREFERENCES,
@@ -56,12 +57,25 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
     from django.db.models import Field as DjangoField
 
-__all__ = ["DjangoKeyValueStore", "FieldDataCache", "get_score", "set_score"]
+__all__ = [
+    "DjangoKeyValueStore",
+    "FieldDataCache",
+    "InvalidScopeError",
+    "InvalidWriteError",
+    "Score",
+    "ScoresClient",
+    "get_score",
+    "set_score",
+]
 
 log = logging.getLogger(__name__)
 
 #: XBlock's ``KeyValueStore.Key`` namedtuple in annotations (XBlock ships no types).
 KvsKey: TypeAlias = Any
+
+
+class InvalidWriteError(Exception):
+    """Writing to a key is disabled. Open edX's name; kvstate itself never raises it."""
 
 
 def _fresh(value: Any) -> Any:
@@ -418,6 +432,9 @@ class FieldDataCache:
         self.read_only = read_only
         self.persistent = bool(user.is_authenticated)
         self.user_id: Any = user.pk if self.persistent else None
+        #: Usage keys of the cached blocks that are graded (``has_score``), for a
+        #: ``ScoresClient``. Empty for anonymous users, as in Open edX.
+        self.scorable_locations: set[UsageKey] = set()
         self.cache: dict[ScopeBase, _ScopeCache] = {
             cache_class.scope: cache_class(self) for cache_class in _SCOPE_CACHES
         }
@@ -455,7 +472,9 @@ class FieldDataCache:
     ) -> None:
         """Add ``block`` and its descendants down to ``depth`` levels (``None``: all).
 
-        ``block_filter`` leaves a block out of the cache without pruning its children.
+        Descendants are the children and, where a block has them, the blocks it requires
+        (``get_required_block_descriptors()``: a conditional block's sources), one level down.
+        ``block_filter`` leaves a block out of the cache without pruning its descendants.
         """
         self.add_blocks_to_cache(
             found for found in _descendants(block, depth) if block_filter(found)
@@ -466,6 +485,9 @@ class FieldDataCache:
         blocks = list(blocks)
         if not self.persistent or not blocks:
             return
+        self.scorable_locations.update(
+            block.scope_ids.usage_id for block in blocks if getattr(block, "has_score", False)
+        )
         wanted = self._fields_by_scope(blocks)
         for scope, fields in wanted.items():
             if fields:
@@ -522,20 +544,25 @@ class FieldDataCache:
 
     # Reading: from memory only
 
+    # A key of a scope kvstate does not store has no value here, as in Open edX (no query);
+    # DjangoKeyValueStore refuses such keys with InvalidScopeError before they get here.
+
     def get(self, key: KvsKey) -> Any:
         """Return the value of ``key``; ``KeyError`` if it has none."""
-        scope_cache, key = self._scope_cache(key)
-        return scope_cache.get(key)
+        found = self._readable(key)
+        if found is None:
+            raise KeyError(key.field_name)
+        return found[0].get(found[1])
 
     def has(self, key: KvsKey) -> bool:
         """Return whether ``key`` has a stored value."""
-        scope_cache, key = self._scope_cache(key)
-        return scope_cache.has(key)
+        found = self._readable(key)
+        return found is not None and found[0].has(found[1])
 
     def last_modified(self, key: KvsKey) -> datetime | None:
         """Return when ``key``'s row was last written, or ``None`` if it has no value."""
-        scope_cache, key = self._scope_cache(key)
-        return scope_cache.last_modified(key)
+        found = self._readable(key)
+        return None if found is None else found[0].last_modified(found[1])
 
     # Writing
 
@@ -585,6 +612,13 @@ class FieldDataCache:
         for write, result in zip(writes, results, strict=True):
             write.remember(result)
 
+    def _readable(self, key: KvsKey) -> tuple[_ScopeCache, KvsKey] | None:
+        """Return what :meth:`_scope_cache` does, or ``None`` for a scope kvstate does not store."""
+        try:
+            return self._scope_cache(key)
+        except InvalidScopeError:
+            return None
+
     def _scope_cache(self, key: KvsKey) -> tuple[_ScopeCache, KvsKey]:
         """Return the cache of ``key``'s scope and the key with its named scope; or raise."""
         scope = user_scope(key.scope)
@@ -615,7 +649,7 @@ def _add_fields(
 
 
 def _descendants(block: Any, depth: int | None) -> Iterator[Any]:
-    """Yield ``block`` and its descendants, breadth first, each usage once."""
+    """Yield ``block`` and its descendants (children, required blocks), breadth first, each once."""
     seen: set[Any] = set()
     level = [block]
     remaining = depth
@@ -627,8 +661,12 @@ def _descendants(block: Any, depth: int | None) -> Iterator[Any]:
                 continue
             seen.add(usage_id)
             yield found
-            if (remaining is None or remaining > 0) and getattr(found, "has_children", False):
-                next_level.extend(found.get_children())
+            if remaining is None or remaining > 0:
+                if getattr(found, "has_children", False):
+                    next_level.extend(found.get_children())
+                required = getattr(found, "get_required_block_descriptors", None)
+                if required is not None:
+                    next_level.extend(required())
         level = next_level
         remaining = None if remaining is None else remaining - 1
 
@@ -663,6 +701,7 @@ class DjangoKeyValueStore(KeyValueStore):  # type: ignore[misc]  # XBlock ships 
 
     def get(self, key: KvsKey) -> Any:
         """Return the value of ``key``; ``KeyError`` if it has none."""
+        user_scope(key.scope)
         return self._field_data_cache.get(key)
 
     def set(self, key: KvsKey, value: Any) -> None:
@@ -679,6 +718,7 @@ class DjangoKeyValueStore(KeyValueStore):  # type: ignore[misc]  # XBlock ships 
 
     def has(self, key: KvsKey) -> bool:
         """Return whether ``key`` has a stored value."""
+        user_scope(key.scope)
         return self._field_data_cache.has(key)
 
 

@@ -10,11 +10,12 @@ learner; ``kvstate.operations.erase_user`` deletes them all (connect
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Self, TypeVar
+import itertools
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from django.conf import settings
-from django.db import models
+from django.db import connections, models, router
 from django.db.models import F, Func, Q, Value
 from django.db.models.lookups import GreaterThan, LessThan
 from opaque_keys.edx.django.models import (
@@ -22,6 +23,14 @@ from opaque_keys.edx.django.models import (
     LearningContextKeyField,
     UsageKeyField,
 )
+
+from kvstate import conf, sql
+from kvstate.routers import read_alias
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+    from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -33,7 +42,27 @@ class _Row(Func):
     output_field = models.Field()
 
 
-class _KeysetQuerySet(models.QuerySet[_M]):
+class _ChunkingQuerySet(models.QuerySet[_M]):
+    """Open edX's ``chunked_filter``: an ``__in`` filter split into chunks, one query each."""
+
+    def chunked_filter(
+        self, chunk_field: str, items: Iterable[Any], chunk_size: int = 500, **filters: Any
+    ) -> Iterator[_M]:
+        """Yield the rows whose ``chunk_field`` (an ``__in`` lookup) is among ``items``.
+
+        ``items`` go ``chunk_size`` at a time, each chunk in one query with ``filters``; the
+        queries run as the rows are read.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size}: a chunk needs at least one item")
+        values = list(items)
+        return itertools.chain.from_iterable(
+            self.filter(**{chunk_field: values[start : start + chunk_size]}, **filters)
+            for start in range(0, len(values), chunk_size)
+        )
+
+
+class _KeysetQuerySet(_ChunkingQuerySet[_M]):
     """Pagination by keyset: each page starts after the last key of the previous one."""
 
     def after(self, order: Sequence[str], last: Sequence[Any]) -> Self:
@@ -86,6 +115,12 @@ class StudentModule(models.Model):
 
     MODULE_TYPE_MAX_LENGTH = 32
     KEY_MAX_LENGTH = 255
+    #: Values of ``done``, as Open edX has them.
+    DONE_TYPES = (
+        ("na", "NOT_APPLICABLE"),
+        ("f", "FINISHED"),
+        ("i", "INCOMPLETE"),
+    )
 
     id = models.BigAutoField(primary_key=True)
     module_type = models.CharField(
@@ -124,6 +159,7 @@ class StudentModule(models.Model):
     max_grade = models.FloatField(null=True, blank=True, help_text="Raw possible score.")
     done = models.CharField(
         max_length=8,
+        choices=DONE_TYPES,
         default="na",
         help_text="Legacy completion flag kept for schema compatibility ('na' by default).",
     )
@@ -152,12 +188,112 @@ class StudentModule(models.Model):
                 fields=["course_id", "module_type", "id"], name="courseware_sm_course_type"
             ),
             models.Index(fields=["grade"], name="courseware_sm_grade"),
+            # Open edX's, for per-problem grade distributions (instructor dashboards).
+            models.Index(fields=["module_state_key", "grade", "student"], name="courseware_stats"),
             models.Index(fields=["created"], name="courseware_sm_created"),
             models.Index(fields=["modified"], name="courseware_sm_modified"),
         ]
 
     def __str__(self) -> str:
         return f"StudentModule<{self.student_id}, {self.module_state_key}>"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save the row; for recorded block types a ``post_save`` receiver records history.
+
+        When history shares this row's database the save and its history row commit or roll
+        back together, as a kvstate write does; on its own database history follows the commit.
+        """
+        from kvstate import history  # history imports this module
+
+        with history.saving(self, kwargs.get("using")):
+            super().save(*args, **kwargs)
+
+    # Open edX's helpers, under Open edX's names and signatures.
+
+    @classmethod
+    def get_state_by_params(
+        cls,
+        course_id: LearningContextKey,
+        module_state_keys: Iterable[UsageKey],
+        student_id: int | None = None,
+    ) -> StudentModuleQuerySet:
+        """Return the rows of ``module_state_keys`` in ``course_id`` (of one learner, if given)."""
+        rows = cls.objects.filter(course_id=course_id, module_state_key__in=module_state_keys)
+        return rows.filter(student_id=student_id) if student_id else rows
+
+    @classmethod
+    def save_state(
+        cls,
+        student: AbstractBaseUser | AnonymousUser,
+        course_id: LearningContextKey,
+        module_state_key: UsageKey,
+        defaults: Mapping[str, Any],
+    ) -> None:
+        """Create or update ``student``'s row for a block, setting ``defaults``; as Open edX.
+
+        Does nothing for anonymous users. A new row's ``module_type`` is the block type unless
+        ``defaults`` says otherwise. Callers creating the row at once never get an
+        ``IntegrityError``: the one that loses the race updates the winner's row (Django's
+        ``update_or_create`` reads it back, locked), and a deadlock is retried when the call
+        owns its transaction. Each call saves once, so it leaves one history row.
+        """
+        if not student.is_authenticated:
+            return
+        from kvstate import storage  # storage imports this module
+
+        using = router.db_for_write(cls)
+
+        def save() -> None:
+            with sql.read_then_write(connections[using], cls._meta.db_table):
+                cls.objects.using(using).update_or_create(
+                    student_id=student.pk,
+                    course_id=course_id,
+                    module_state_key=module_state_key,
+                    defaults=defaults,
+                    create_defaults={"module_type": str(module_state_key.block_type), **defaults},
+                )
+
+        if connections[using].in_atomic_block:
+            save()  # a deadlock has rolled back the caller's whole transaction: theirs to retry
+        else:
+            storage.retrying_conflicts(using, save)
+
+    @classmethod
+    def all_submitted_problems_read_only(
+        cls, course_id: LearningContextKey, using: str | None = None
+    ) -> StudentModuleQuerySet:
+        """Return the course's problems that have a grade, for reports.
+
+        Read from ``using``, else ``KVSTATE_READ_ALIAS`` (a replica; Open edX uses an alias
+        named ``read_replica``), else where the routers send reads.
+        """
+        rows = cls.objects.using(read_alias(cls, using))
+        return rows.filter(course_id=course_id, module_type="problem", grade__isnull=False)
+
+
+class _EveryBlockType(Container[str]):
+    """Every block type: what ``KVSTATE_HISTORY_BLOCK_TYPES = "__all__"`` reads as.
+
+    It answers ``in`` for any block type; it cannot be listed.
+    """
+
+    def __contains__(self, block_type: object) -> bool:
+        return isinstance(block_type, str)
+
+    def __repr__(self) -> str:
+        return "EVERY_BLOCK_TYPE"
+
+
+#: ``StudentModuleHistory.HISTORY_SAVING_TYPES`` when every block type is recorded.
+EVERY_BLOCK_TYPE = _EveryBlockType()
+
+
+class _ConfiguredBlockTypes:
+    """``HISTORY_SAVING_TYPES``: the block types ``KVSTATE_HISTORY_BLOCK_TYPES`` names, live."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> Container[str]:
+        block_types = conf.settings.HISTORY_BLOCK_TYPES
+        return EVERY_BLOCK_TYPE if block_types is None else block_types
 
 
 class StudentModuleHistoryQuerySet(_KeysetQuerySet["StudentModuleHistory"]):
@@ -179,6 +315,10 @@ class StudentModuleHistory(models.Model):
     .. pii_types: other
     .. pii_retirement: local_api
     """
+
+    #: Block types whose writes leave history, Open edX's name for ``KVSTATE_HISTORY_BLOCK_TYPES``
+    #: (read live): a frozenset, or ``EVERY_BLOCK_TYPE`` for ``"__all__"``.
+    HISTORY_SAVING_TYPES = _ConfiguredBlockTypes()
 
     id = models.BigAutoField(primary_key=True)
     student_module = models.ForeignKey(
@@ -215,6 +355,20 @@ class StudentModuleHistory(models.Model):
     def __str__(self) -> str:
         return f"StudentModuleHistory<{self.student_module_id}, {self.created}>"
 
+    @property
+    def csm(self) -> StudentModule:
+        """Return the module this entry is of, read from the module's own database."""
+        return StudentModule.objects.get(pk=self.student_module_id)
+
+    @staticmethod
+    def get_history(student_modules: Iterable[StudentModule]) -> list[StudentModuleHistory]:
+        """Return the history of ``student_modules``, newest first, in one statement."""
+        ids = [module.pk for module in student_modules]
+        if not ids:
+            return []
+        rows = StudentModuleHistory.objects.filter(student_module_id__in=ids)
+        return list(rows.order_by("-created", "-id"))
+
 
 class _PerFieldBase(models.Model):
     """Columns shared by the per-field tables: one row per (owner, field)."""
@@ -227,6 +381,8 @@ class _PerFieldBase(models.Model):
     value = models.TextField(default="null", help_text="The field's value as JSON text.")
     created = models.DateTimeField(auto_now_add=True, help_text="When the row was created.")
     modified = models.DateTimeField(auto_now=True, help_text="When the row was last written.")
+
+    objects = _ChunkingQuerySet.as_manager()
 
     class Meta:
         abstract = True

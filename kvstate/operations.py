@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, router
 from django.db.models import QuerySet
@@ -113,6 +113,11 @@ def _targets(usage_keys: object) -> list[Target]:
 # Course staff: reset and delete ------------------------------------------------------------
 
 
+def _holds_state(row: ModuleRow) -> bool:
+    """Whether ``row`` has a state to delete (NULL was never stored, ``{}`` is deleted)."""
+    return row.state_text not in (None, _DELETED)
+
+
 def reset_attempts(user_id: int, usage_key: UsageKey, *, dry_run: bool = False) -> bool:
     """Set the learner's ``attempts`` in the block's state to 0, keeping every other field.
 
@@ -156,7 +161,7 @@ def delete_state(user_id: int, usage_keys: Iterable[UsageKey], *, dry_run: bool 
         return 0
     using = storage.state_alias()
     known = storage.fetch_modules(using, user_id, targets)
-    doomed = {t: _CLEAR for t, row in known.items() if row.state_text not in (None, _DELETED)}
+    doomed = {t: _CLEAR for t, row in known.items() if _holds_state(row)}
     if dry_run or not doomed:
         return len(doomed)
     deleted = len(storage.write_user_states(user_id, doomed, known, using=using))
@@ -182,8 +187,9 @@ def delete_course_state(
     walked in keyset pages of ``batch_size`` rows. Each page is written all or nothing and
     commits on its own (unless the caller's transaction holds them all): interrupted, the
     pages done stay done and running again deletes the rest. Returns how many rows were
-    emptied. Statements per page: 1 SELECT, 1 UPDATE, 1 history INSERT (a full last page
-    costs one more SELECT). ``dry_run`` counts the rows in one statement.
+    emptied. Statements per page: 2 SELECTs (the page's keys, then its rows as the write
+    engine reads them), 1 UPDATE, 1 history INSERT; a full last page costs one more SELECT.
+    ``dry_run`` counts the rows in one statement.
     """
     _check_user_id(user_id)
     _check_course_key(course_key)
@@ -198,15 +204,18 @@ def delete_course_state(
     )
     if dry_run:
         return with_state.count()
-    columns = (*storage.MODULE_COLUMNS, "module_state_key", "course_id")
     deleted = 0
     last: int | None = None
     while True:
         page = with_state if last is None else with_state.filter(id__gt=last)
-        rows = list(page.order_by("id").values_list(*columns)[:batch_size])
-        known = {Target(values[-2], values[-1]): ModuleRow.from_values(values) for values in rows}
-        if known:
-            changes = dict.fromkeys(known, _CLEAR)
+        keys = page.order_by("id").values_list("id", "module_state_key", "course_id")
+        # NOT NULL columns: django-stubs cannot know that opaque-keys' fields never give None.
+        rows = cast("list[tuple[int, UsageKey, LearningContextKey]]", list(keys[:batch_size]))
+        # Read again as the write engine reads rows (the stored texts the swap compares).
+        targets = [Target(usage_key, course) for _id, usage_key, course in rows]
+        known = storage.fetch_modules(using, user_id, targets)
+        changes = {t: _CLEAR for t, row in known.items() if _holds_state(row)}
+        if changes:
             deleted += len(storage.write_user_states(user_id, changes, known, using=using))
         if len(rows) < batch_size:
             break

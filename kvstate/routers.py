@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 
 from kvstate.conf import HISTORY_ALIAS, settings
 
@@ -54,3 +54,12 @@ class StudentModuleHistoryRouter:
         if db == history_db:
             return False
         return None
+
+
+def read_alias(model: type[models.Model], using: str | None = None) -> str:
+    """Return the alias read-only work on ``model`` reads from.
+
+    ``using`` when given, else ``KVSTATE_READ_ALIAS`` (a replica), else what the routers say.
+    Only for reads that feed no write: a replica may lag behind the primary.
+    """
+    return using or settings.READ_ALIAS or router.db_for_read(model)

@@ -7,8 +7,8 @@ Everything else in kvstate is portable ORM code. Each function picks its SQL by
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -236,6 +236,29 @@ def insert_rows(
             ]
             with connection.cursor() as cursor:
                 cursor.execute(f"{head} VALUES {', '.join([row_sql] * len(chunk))}{suffix}", params)
+
+
+def read_then_write(connection: BaseDatabaseWrapper, table: str) -> AbstractContextManager[Any]:
+    """Return the context for an ORM transaction that reads rows of ``table``, then writes.
+
+    SQLite locks the whole database for writing. A transaction that has read and then wants to
+    write fails at once with "database is locked" when another one took the write lock in
+    between (waiting could deadlock); one whose first statement writes waits for the lock
+    (the busy timeout) instead, as ``BEGIN IMMEDIATE`` would. So on SQLite, outside a caller's
+    transaction, open one whose first statement is a write that changes nothing. The other
+    databases lock rows, not the database: nothing to do there.
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return nullcontext()
+    return _write_locked(connection, table)
+
+
+@contextmanager
+def _write_locked(connection: BaseDatabaseWrapper, table: str) -> Iterator[None]:
+    with transaction.atomic(connection.alias, savepoint=False), connection.cursor() as cursor:
+        qn = connection.ops.quote_name
+        cursor.execute(f"UPDATE {qn(table)} SET {qn('id')} = {qn('id')} WHERE 0 = 1")
+        yield
 
 
 def delete_limited(

@@ -29,9 +29,9 @@ from django.db.models import CharField, ExpressionWrapper, F, Model, Q, Value
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
-from kvstate import history, sql
+from kvstate import history, signals, sql
 from kvstate.models import StudentModule
-from kvstate.validation import check_length, check_size
+from kvstate.validation import check_course_run, check_length, check_size
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ MAX_CONFLICT_RETRIES = 10
 #: that deadlocked and restart at the same instant tend to deadlock again.
 MAX_CONFLICT_PAUSE = 0.05
 
-#: The columns :meth:`ModuleRow.from_values` reads, in its order.
-MODULE_COLUMNS = (
+_MODULE_COLUMNS = (
     "id",
     "module_type",
     "state",
@@ -104,7 +103,7 @@ class Target:
     @classmethod
     def of(cls, usage_key: UsageKey) -> Target:
         """Return the target of a block's state: rows live in the usage key's own context."""
-        return cls(usage_key, usage_key.context_key)
+        return cls(usage_key, check_course_run(usage_key).context_key)
 
     @property
     def module_type(self) -> str:
@@ -139,7 +138,7 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a ``values_list(*MODULE_COLUMNS, ...)`` tuple."""
+        """Build from a ``values_list(*_MODULE_COLUMNS, ...)`` tuple."""
         row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
@@ -273,7 +272,7 @@ def fetch_modules(
         if lock and connection.features.has_select_for_update:
             query = query.select_for_update()
         for values in query.values_list(
-            *MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
+            *_MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
         ):
             target = by_key.get(values[-2:])
             if target is not None:
@@ -298,7 +297,7 @@ def write_user_states(
     The call is all-or-nothing: when it may take more than one writing statement it runs in
     one transaction (joining the caller's, as Django's own multi-statement writes do).
     History for the rows written follows (SPEC §5): in the same transaction when it shares the
-    alias, after the commit when it lives on its own.
+    alias, after the commit when it lives on its own; then ``state_changed`` (SPEC §9).
     """
     using = using or state_alias()
     connection = connections[using]
@@ -314,9 +313,9 @@ def write_user_states(
             history.record([rows[t] for t in recorded if t in rows], state_using=using)
         return rows
 
-    if connection.in_atomic_block:
-        return attempt()
-    return retrying_conflicts(using, attempt)
+    rows = attempt() if connection.in_atomic_block else retrying_conflicts(using, attempt)
+    signals.send_state_changed(student_id, [t.usage_key for t in rows], using)
+    return rows
 
 
 def retrying_conflicts(using: str, fn: Callable[[], T]) -> T:
@@ -493,7 +492,7 @@ def write_score(
 
     One upsert keeps whatever state the row has, so concurrent callers neither raise nor lose
     state. History, when kept for the block type, needs the state too: one more read. The row
-    returned carries the id only when it was read.
+    returned carries the id only when it was read. Then ``state_changed`` (SPEC §9).
     """
     using = using or state_alias()
     target.check()
@@ -530,9 +529,9 @@ def write_score(
             history.record([row], state_using=using)
         return row
 
-    if connection.in_atomic_block:
-        return attempt()
-    return retrying_conflicts(using, attempt)
+    row = attempt() if connection.in_atomic_block else retrying_conflicts(using, attempt)
+    signals.send_state_changed(student_id, [target.usage_key], using)
+    return row
 
 
 # Per-field scopes --------------------------------------------------------------------------

@@ -12,12 +12,14 @@ from opaque_keys.edx.keys import LearningContextKey, UsageKey
 from xblock.fields import Scope, ScopeBase
 
 from kvstate import history, storage
+from kvstate.conf import settings
 from kvstate.models import StudentModule, StudentModuleQuerySet
 from kvstate.storage import StateChange, Target
-from kvstate.validation import check_field_name, check_usage_key, to_json
+from kvstate.validation import check_field_name, check_usage_key, lacks_run, to_json
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
 
 __all__ = ["DjangoXBlockUserStateClient"]
 
@@ -29,17 +31,22 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
     """Read and write learners' ``user_state`` by username, one statement per batch.
 
     ``user`` (optional) is the learner most calls are about; other usernames are looked up
-    once per client. Only ``Scope.user_state`` is served, as in Open edX.
+    once per client. Only ``Scope.user_state`` is served, as in Open edX. For an anonymous
+    ``user``, calls about its username store nothing and find nothing, without a query.
     """
 
-    #: Rows per statement when iterating over a whole block or course.
-    iteration_page_size = 1000
+    #: Rows per statement when iterating over a whole block or course; ``None``: Open edX's
+    #: ``USER_STATE_BATCH_SIZE`` setting (default 1,000).
+    iteration_page_size: int | None = None
 
-    def __init__(self, user: AbstractBaseUser | None = None) -> None:
+    def __init__(self, user: AbstractBaseUser | AnonymousUser | None = None) -> None:
         self.user = user
         self._user_ids: dict[str, int] = {}
+        self._anonymous: str | None = None
         if user is not None and user.is_authenticated:
             self._user_ids[user.get_username()] = user.pk
+        elif user is not None:
+            self._anonymous = user.get_username()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} user={self.user!r}>"
@@ -57,6 +64,8 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         _check_scope(scope)
         targets = [Target.of(check_usage_key(key)) for key in block_keys]
         wanted = None if fields is None else set(fields)
+        if username == self._anonymous:
+            return
         student_id = self._student_id(username)
         if student_id is None or not targets:
             return
@@ -75,28 +84,40 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
     ) -> Iterator[XBlockUserState]:
         """Yield the block's state after each write, newest first (``None`` once deleted).
 
-        Raises ``DoesNotExist`` when the learner has no row for the block. Two statements
-        however long the history is: the module's id (with the username, when this client has
-        not looked it up yet) and its history.
+        Raises ``DoesNotExist`` when the learner has no row for the block, or the row has no
+        history (its block type is not recorded), as Open edX does. Two statements however
+        long the history is: the module's id (with the username, when this client has not
+        looked it up yet) and its history.
         """
         _check_scope(scope)
         target = Target.of(check_usage_key(block_key))
-        module_id = self._module_id(username, target)
+        module_id = None if username == self._anonymous else self._module_id(username, target)
         if module_id is None:
             raise self.DoesNotExist(f"{username!r} has no state for {block_key}")
-        for entry in history.for_module(module_id):
+        entries = history.for_module(module_id)
+        if not entries:
+            raise self.DoesNotExist(f"{username!r} has no history for {block_key}")
+        for entry in entries:
             state = storage.parse_state(entry.state) or None
             yield XBlockUserState(username, block_key, state, entry.created, scope)
 
     def iter_all_for_block(
         self, block_key: UsageKey, scope: ScopeBase = Scope.user_state
     ) -> Iterator[XBlockUserState]:
-        """Yield every learner's stored state for one block, page by page (no order promised)."""
+        """Yield every learner's stored state for one block, page by page (no order promised).
+
+        An old-style key without its course run (``i4x://...`` read from a string) finds the
+        block's rows in every run of the course, as in Open edX, each with its run.
+        """
         _check_scope(scope)
-        target = Target.of(check_usage_key(block_key))
-        rows = StudentModule.objects.filter(
-            module_state_key=target.usage_key, course_id=target.course_id
-        )
+        usage_key = check_usage_key(block_key)
+        if lacks_run(usage_key):
+            rows = StudentModule.objects.filter(module_state_key=usage_key)
+        else:
+            target = Target.of(usage_key)
+            rows = StudentModule.objects.filter(
+                module_state_key=target.usage_key, course_id=target.course_id
+            )
         # Index (module_id, id) serves the pages in order.
         yield from self._iterate(rows, ("id",), scope)
 
@@ -128,7 +149,7 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         using = router.db_for_read(StudentModule)
         visible = rows.using(using).exclude(state__isnull=True).exclude(state=_DELETED)
         columns = ("module_state_key", "course_id", "student__username", "state", "modified")
-        size = self.iteration_page_size
+        size = self.iteration_page_size or settings.USER_STATE_BATCH_SIZE
         after: tuple[Any, ...] | None = None
         while True:
             page_query = visible if after is None else visible.after(order, after)
@@ -166,10 +187,11 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
                 check_field_name(name)
                 to_json(value, name)
             changes[target] = StateChange(set_fields=dict(state))
-        if not any(change.creates for change in changes.values()):
-            return
+        if username == self._anonymous:
+            return  # as Open edX: an anonymous learner's state is not persisted
         student_id = self._require_student_id(username)
-        self._write(student_id, changes)
+        if any(change.creates for change in changes.values()):
+            self._write(student_id, changes)
 
     def delete_many(
         self,
@@ -186,6 +208,8 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
             names = frozenset(check_field_name(name) for name in fields)
             change = StateChange(delete_fields=names)
         changes = {Target.of(check_usage_key(key)).check(): change for key in block_keys}
+        if username == self._anonymous:
+            return
         student_id = self._student_id(username)
         if student_id is None or not changes:
             return
@@ -231,9 +255,10 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         return int(row[0])
 
     def _require_student_id(self, username: str) -> int:
+        """Return the id of ``username``, or raise the user model's ``DoesNotExist`` (Open edX)."""
         student_id = self._student_id(username)
         if student_id is None:
-            raise self.DoesNotExist(f"there is no user named {username!r}")
+            raise get_user_model().DoesNotExist(f"there is no user named {username!r}")
         return student_id
 
 

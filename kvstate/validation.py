@@ -62,6 +62,27 @@ def check_usage_key(value: object) -> UsageKey:
     return value
 
 
+def lacks_run(usage_key: UsageKey) -> bool:
+    """Return whether ``usage_key`` is an old-style key that does not know its course run.
+
+    ``UsageKey.from_string("i4x://org/course/category/name")`` gives one (the string has no
+    run, so the same block id appears in every run of an old course).
+    """
+    context = usage_key.context_key
+    return bool(getattr(context, "deprecated", False)) and getattr(context, "run", "") is None
+
+
+def check_course_run(usage_key: UsageKey) -> UsageKey:
+    """Return ``usage_key`` if it names its learning context fully, else raise ``ValueError``."""
+    if lacks_run(usage_key):
+        raise ValueError(
+            f"usage key {usage_key} has no course run, so it names no learner's row (old "
+            "courses reuse it in every run): map it into its course first, "
+            "usage_key.map_into_course(course_key)"
+        )
+    return usage_key
+
+
 def check_field_name(name: object, max_length: int | None = None) -> str:
     """Return ``name`` if it is a usable field name, else raise ``TypeError``/``ValueError``."""
     if not isinstance(name, str):

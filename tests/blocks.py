@@ -53,6 +53,34 @@ class AuthoredBlock(XBlock):
     title = String(scope=Scope.settings)
 
 
+class ScoredBlock(StateBlock):
+    """A block that is graded, as capa problems are."""
+
+    has_score = True
+
+
+class ConditionalBlock(XBlock):
+    """Like Open edX's conditional block: it shows its children once its sources are done.
+
+    Its sources are not its children, so a cache over its descendants holds their state only
+    because ``FieldDataCache`` follows ``get_required_block_descriptors()``, as Open edX's does.
+    """
+
+    has_children = True
+    shown = AnyField(scope=Scope.user_state)
+
+    def get_required_block_descriptors(self) -> list[XBlock]:
+        return list(self.sources)
+
+    def get_children(self, usage_id_filter: Any = None) -> list[XBlock]:
+        # The test runtime has no content store to load children from.
+        return list(getattr(self, "child_blocks", []))
+
+    def set_sources(self, *sources: XBlock) -> ConditionalBlock:
+        self.sources = sources
+        return self
+
+
 class NoteAside(XBlockAside):
     """An aside with fields in every user scope; ``answer``/``theme`` share StateBlock's names."""
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from django.core.management import call_command
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.db.migrations.recorder import MigrationRecorder
 from django.test import TransactionTestCase
 
@@ -87,6 +89,8 @@ _DEFAULT_DDL = [
     "CREATE INDEX courseware_studentmodule_grade_idx ON courseware_studentmodule (grade)",
     "CREATE INDEX courseware_studentmodule_created_idx ON courseware_studentmodule (created)",
     "CREATE INDEX courseware_studentmodule_modified_idx ON courseware_studentmodule (modified)",
+    # Open edX added this one in 2020; older installations may lack it.
+    "CREATE INDEX courseware_stats ON courseware_studentmodule (module_id, grade, student_id)",
     """CREATE TABLE courseware_xmoduleuserstatesummaryfield (
         id {id},
         field_name varchar(64) NOT NULL,
@@ -160,6 +164,12 @@ THEN = datetime(2020, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
 def _execute(alias: str, sql: str, params: list[object] | None = None) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
+
+
+def _drop_index(name: str, table: str) -> str:
+    if connections["default"].vendor == "mysql":
+        return f"DROP INDEX {name} ON {table}"
+    return f"DROP INDEX {name}"
 
 
 def _when(alias: str) -> object:
@@ -245,13 +255,33 @@ class AdoptOpenEdxDatabaseTests(TransactionTestCase):
         )
 
     def _adopt(self) -> None:
+        """Adopt as the README says: fake the initial migration, and 0002 (the index exists)."""
+        for alias in ALIASES:
+            _migrate(alias, "0001", fake_initial=True)
+            _migrate(alias, "0002", fake=True)
+            _migrate(alias)
+
+    def test_a_database_without_courseware_stats_gets_it(self) -> None:
+        _execute("default", _drop_index("courseware_stats", "courseware_studentmodule"))
         for alias in ALIASES:
             _migrate(alias, fake_initial=True)
+        assert {"0001_initial", "0002_courseware_stats_index_done_choices"} <= _applied("default")
+        constraints = self._constraints("default", "courseware_studentmodule")
+        assert constraints["courseware_stats"]["columns"] == ["module_id", "grade", "student_id"]
 
-    def _indexes(self, alias: str, table: str) -> set[str]:
+    def test_a_database_with_courseware_stats_must_fake_0002(self) -> None:
+        # Without --fake, 0002 tries to create the index Open edX already made (README).
+        with pytest.raises(DatabaseError):
+            _migrate("default", fake_initial=True)
+        assert "0002_courseware_stats_index_done_choices" not in _applied("default")
+
+    def _constraints(self, alias: str, table: str) -> dict[str, Any]:
         connection = connections[alias]
         with connection.cursor() as cursor:
-            return set(connection.introspection.get_constraints(cursor, table))
+            return dict(connection.introspection.get_constraints(cursor, table))
+
+    def _indexes(self, alias: str, table: str) -> set[str]:
+        return set(self._constraints(alias, table))
 
     def test_fake_initial_records_the_migration_and_keeps_the_schema(self) -> None:
         before = {alias: {t: self._indexes(alias, t) for t in _TABLES[alias]} for alias in ALIASES}
@@ -331,9 +361,13 @@ class AdoptOpenEdxDatabaseTests(TransactionTestCase):
         assert XModuleUserStateSummaryField.objects.count() == 2
         assert XModuleStudentPrefsField.objects.count() == 2
         assert XModuleStudentInfoField.objects.count() == 2
-        assert StudentModuleHistory.objects.using(HISTORY_ALIAS).count() == 2
+        # Open edX's row, then one per ORM save (the edit, the factory's create; both are
+        # problems, whose saves are recorded), then the one created by hand.
+        assert StudentModuleHistory.objects.using(HISTORY_ALIAS).count() == 4
         assert [h.student_module_id for h in StudentModuleHistory.objects.order_by("id")] == [
             self.module_id,
+            self.module_id,
+            new_module.pk,
             new_module.pk,
         ]
 

@@ -108,6 +108,17 @@ class ValueSettingsChecksTests(SimpleTestCase):
             with self.subTest(value=value), override_settings(KVSTATE_MAX_VALUE_BYTES=value):
                 assert kvstate_check_ids() == []
 
+    def test_e010_bad_user_state_batch_size(self) -> None:
+        # Open edX's setting; kvstate pages iterations by it.
+        for value in (0, -5, True, 2.5, "100"):
+            with self.subTest(value=value), override_settings(USER_STATE_BATCH_SIZE=value):
+                assert kvstate_check_ids() == ["kvstate.E010"]
+
+    def test_good_user_state_batch_size(self) -> None:
+        for value in (None, 1, 100, 10_000):  # None: not set
+            with self.subTest(value=value), override_settings(USER_STATE_BATCH_SIZE=value):
+                assert kvstate_check_ids() == []
+
     @override_settings(
         DATABASE_ROUTERS=[], KVSTATE_HISTORY_BLOCK_TYPES="problem", KVSTATE_MAX_VALUE_BYTES=0
     )

@@ -157,8 +157,7 @@ class FaultInjectionTestCase(TransactionTestCase):
         self.username = self.user.username
 
     def reset(self) -> None:
-        """Put the baseline in place: rows in every scope, one block without a row."""
-        StudentModuleHistory.objects.all().delete()
+        """Put the baseline in place: rows in every scope, one block without a row, no history."""
         for model in (
             StudentModule,
             *(m for m in ALL_MODELS if m not in (StudentModule, StudentModuleHistory)),
@@ -179,6 +178,8 @@ class FaultInjectionTestCase(TransactionTestCase):
             student=self.user, module_type=PROBE_TYPE, field_name="old", value='"prefs"'
         )
         XModuleStudentInfoField.objects.create(student=self.user, field_name="old", value='"info"')
+        # Last: the saves above are recorded, as ORM saves are.
+        StudentModuleHistory.objects.all().delete()
 
     def all_keys(self) -> list[Any]:
         return [

@@ -1,4 +1,5 @@
-"""FieldDataCache: what it prefetches and for whom, read-only and anonymous caches, asides."""
+"""FieldDataCache: what it prefetches and for whom, read-only and anonymous caches, asides,
+required blocks, scorable locations and scopes it does not store."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.test import TestCase
 from opaque_keys.edx.asides import AsideUsageKeyV1, AsideUsageKeyV2
 from opaque_keys.edx.block_types import BlockTypeKeyV1
 from xblock.exceptions import InvalidScopeError
-from xblock.fields import Scope
+from xblock.fields import BlockScope, Scope, UserScope
 
 from kvstate import sql
 from kvstate.model_data import DjangoKeyValueStore, FieldDataCache, get_score, set_score
@@ -34,8 +35,10 @@ from tests.blocks import (
     ASIDE_TYPE,
     COURSE_KEY,
     AuthoredBlock,
+    ConditionalBlock,
     Key,
     NoteAside,
+    ScoredBlock,
     StateBlock,
     TreeBlock,
     aside,
@@ -504,3 +507,105 @@ class TestBranchedKeys(TestCase):
         assert XModuleUserStateSummaryField.objects.get().value == "3"
         fresh = rebuilt(cache, [block(usage(), user.pk)])
         assert (fresh.get(key(the_block, "answer")), fresh.get(key(the_block, "tally"))) == (2, 3)
+
+
+class TestRequiredBlocks(TestCase):
+    """Descendants include the blocks a block requires (a conditional's sources), each once."""
+
+    databases = DATABASES
+
+    def setUp(self) -> None:
+        self.user = UserFactory()
+        uid = self.user.pk
+        # The conditional's source is a problem elsewhere in the course, not one of its
+        # children; the learner's answer to it decides what the conditional shows.
+        self.source = block(usage("source"), uid)
+        self.child = block(usage("child"), uid)
+        self.conditional = block(usage("cond", "conditional"), uid, ConditionalBlock)
+        self.conditional.child_blocks = [self.child]
+        self.conditional.set_sources(self.source)
+        for b in (self.source, self.child):
+            StudentModuleFactory(
+                student=self.user,
+                module_state_key=b.scope_ids.usage_id,
+                state=json.dumps({"answer": "done"}),
+            )
+
+    def test_a_sources_state_is_prefetched(self) -> None:
+        cache = FieldDataCache.cache_for_block_descendents(COURSE_KEY, self.user, self.conditional)
+        with no_queries(self):
+            assert cache.get(key(self.source, "answer")) == "done"
+            assert cache.get(key(self.child, "answer")) == "done"
+
+    def test_required_blocks_count_as_one_level_down_and_are_filtered(self) -> None:
+        shallow = FieldDataCache.cache_for_block_descendents(
+            COURSE_KEY, self.user, self.conditional, depth=0
+        )
+        filtered = FieldDataCache.cache_for_block_descendents(
+            COURSE_KEY, self.user, self.conditional, block_filter=lambda b: b is not self.source
+        )
+        with no_queries(self):
+            assert not shallow.has(key(self.source, "answer"))
+            assert not filtered.has(key(self.source, "answer"))
+            assert filtered.has(key(self.child, "answer"))
+
+    def test_a_source_that_is_also_a_child_is_cached_once(self) -> None:
+        self.conditional.set_sources(self.child, self.source, self.child)
+        seen: list[Any] = []
+        FieldDataCache.cache_for_block_descendents(
+            COURSE_KEY, self.user, self.conditional, block_filter=lambda b: seen.append(b) or True
+        )
+        assert [b.scope_ids.usage_id.block_id for b in seen] == ["cond", "child", "source"]
+
+
+class TestScorableLocations(TestCase):
+    """``scorable_locations``: usage keys of the cached blocks that are graded."""
+
+    databases = DATABASES
+
+    def test_blocks_with_a_score(self) -> None:
+        user = UserFactory()
+        scored = [block(usage(f"s{i}"), user.pk, ScoredBlock) for i in range(2)]
+        plain = block(usage("plain"), user.pk)
+        cache = FieldDataCache([scored[0], plain], COURSE_KEY, user)
+        assert cache.scorable_locations == {scored[0].scope_ids.usage_id}
+        cache.add_blocks_to_cache([scored[1]])
+        assert cache.scorable_locations == {b.scope_ids.usage_id for b in scored}
+
+    def test_descendants_too(self) -> None:
+        user = UserFactory()
+        scored = block(usage("s1"), user.pk, ScoredBlock)
+        root = block(usage("cond", "conditional"), user.pk, ConditionalBlock).set_sources(scored)
+        cache = FieldDataCache.cache_for_block_descendents(COURSE_KEY, user, root)
+        assert cache.scorable_locations == {scored.scope_ids.usage_id}
+
+    def test_empty_for_anonymous_users(self) -> None:
+        cache = FieldDataCache([block(usage(), None, ScoredBlock)], COURSE_KEY, AnonymousUser())
+        assert cache.scorable_locations == set()
+
+
+class TestNonUserScopes(TestCase):
+    """On ``FieldDataCache`` itself, as in Open edX, a scope kvstate does not store has no value.
+
+    ``DjangoKeyValueStore`` still raises ``InvalidScopeError`` for them (SPEC §3).
+    """
+
+    databases = DATABASES
+
+    def test_get_has_and_last_modified(self) -> None:
+        user = UserFactory()
+        cache = FieldDataCache([block(usage(), user.pk)], COURSE_KEY, user)
+        kvs = DjangoKeyValueStore(cache)
+        unnamed = Scope(UserScope.ONE, BlockScope.DEFINITION)
+        for scope in (Scope.content, Scope.settings, Scope.children, Scope.parent, unnamed):
+            k = Key(scope, user.pk, usage(), "title")
+            with self.subTest(scope=str(scope)), no_queries(self):
+                with pytest.raises(KeyError, match="title"):
+                    cache.get(k)
+                assert cache.has(k) is False
+                assert cache.last_modified(k) is None
+                for call in (kvs.get, kvs.has, kvs.delete):
+                    with pytest.raises(InvalidScopeError):
+                        call(k)
+                with pytest.raises(InvalidScopeError):
+                    kvs.set(k, 1)

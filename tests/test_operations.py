@@ -287,9 +287,10 @@ class DeleteCourseStateTests(OperationsTestCase):
 
     def test_statements_per_batch(self) -> None:
         self.fill()
-        # Keyset pages of 10 over the 25 rows with state: 10, 10, 5. Each page: 1 SELECT and
-        # 1 compare-and-swap UPDATE (all-or-nothing per page); history: 1 INSERT per page.
-        with self.statements(3 + 3, 3):
+        # Keyset pages of 10 over the 25 rows with state: 10, 10, 5. Each page: 1 SELECT of
+        # its keys, 1 SELECT of its rows as the write engine reads them, 1 compare-and-swap
+        # UPDATE (all-or-nothing per page); history: 1 INSERT per page.
+        with self.statements(3 * 3, 3):
             operations.delete_course_state(self.user.pk, COURSE, batch_size=10)
         # Nothing left to delete: one SELECT finds no row.
         with self.statements(1, 0):
@@ -300,8 +301,9 @@ class DeleteCourseStateTests(OperationsTestCase):
             self.state_client.set_many(
                 self.user.username, {usage(f"p{n}"): {"n": n} for n in range(20)}
             )
-        # Pages of 10, 10, then an empty one; two UPDATEs; two history INSERTs.
-        with self.statements(3 + 2, 2):
+        # Pages of 10 and 10 (3 statements each), then an empty one (its keys' SELECT only);
+        # two history INSERTs.
+        with self.statements(2 * 3 + 1, 2):
             assert operations.delete_course_state(self.user.pk, COURSE, batch_size=10) == 20
 
     def test_a_dry_run_counts_and_changes_nothing(self) -> None:

@@ -1,4 +1,4 @@
-"""set_score / get_score (SPEC §3, §5): grades on StudentModule rows, with or without state."""
+"""set_score / get_score (SPEC §3, §5) and ScoresClient (SPEC §9): grades on StudentModule rows."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
+from unittest import mock
 
 from django.db import connections
-from django.test import TestCase, TransactionTestCase
+from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
 from opaque_keys.edx.keys import UsageKey
 from opaque_keys.edx.locator import CourseLocator
+from xblock.exceptions import InvalidScopeError
 
+from kvstate import model_data
 from kvstate.conf import HISTORY_ALIAS
-from kvstate.model_data import get_score, set_score
+from kvstate.model_data import Score, ScoresClient, get_score, set_score
 from kvstate.models import StudentModule, StudentModuleHistory
 from kvstate.testing.factories import UserFactory
 from kvstate.user_state_client import DjangoXBlockUserStateClient
@@ -184,3 +188,89 @@ class ConcurrentScoreTests(TransactionTestCase):
             assert module.max_grade == 10.0
             # One history row per call, whoever won each race.
             assert len(history_of(key)) == 6
+
+
+class ReadsElsewhereRouter:
+    """A primary/replica router: every read of the state tables goes to another alias."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return HISTORY_ALIAS if model is StudentModule else None
+
+
+class ScoresClientTests(TestCase):
+    """``ScoresClient``: one learner's scores in one course, fetched once, read from memory."""
+
+    databases = {"default", HISTORY_ALIAS}
+
+    def setUp(self) -> None:
+        self.user = UserFactory()
+        self.p2 = COURSE.make_usage_key("problem", "p2")
+        self.ungraded = COURSE.make_usage_key("problem", "p3")
+        set_score(self.user.id, PROBLEM, 1.0, 2.0)
+        set_score(self.user.id, self.p2, 0.0, 1.0)
+        DjangoXBlockUserStateClient(self.user).set(self.user.username, self.ungraded, {"a": 1})
+        set_score(UserFactory().id, PROBLEM, 2.0, 2.0)  # another learner
+        elsewhere = CourseLocator("kvstate", "Elsewhere", "2026").make_usage_key("problem", "p1")
+        set_score(self.user.id, elsewhere, 2.0, 2.0)  # another course
+        self.created = {
+            m.module_state_key: m.created for m in StudentModule.objects.filter(student=self.user)
+        }
+
+    def test_exports(self) -> None:
+        assert model_data.InvalidScopeError is InvalidScopeError
+        assert issubclass(model_data.InvalidWriteError, Exception)
+        assert model_data.ScoresClient.Score is model_data.Score
+        assert model_data.Score._fields == ("correct", "total", "created")
+
+    def test_fetch_then_get(self) -> None:
+        client = ScoresClient(COURSE, self.user.id)
+        missing = COURSE.make_usage_key("problem", "none")
+        # One SELECT for the four locations, on the alias writes go to (SPEC §10).
+        with self.assertNumQueries(1, using="default"):
+            client.fetch_scores([PROBLEM, self.p2, self.ungraded, missing])
+        with self.assertNumQueries(0, using="default"):  # from memory
+            assert client.get(PROBLEM) == Score(1.0, 2.0, self.created[PROBLEM])
+            assert client.get(self.p2) == Score(0.0, 1.0, self.created[self.p2])
+            assert client.get(self.ungraded) == Score(None, None, self.created[self.ungraded])
+            assert client.get(missing) is None
+            assert PROBLEM in client
+            assert missing not in client
+
+    def test_get_before_fetching_is_an_error(self) -> None:
+        client = ScoresClient(COURSE, self.user.id)
+        # Refused before anything is read.
+        with self.assertNumQueries(0, using="default"), self.assertRaises(ValueError):
+            client.get(PROBLEM)
+
+    def test_branch_and_version_are_ignored(self) -> None:
+        client = ScoresClient.create_for_locations(COURSE, self.user.id, [PROBLEM])
+        branched = PROBLEM.replace(branch="draft-branch")
+        versioned = PROBLEM.replace(version_guid="5e9b1f2d3c4a5b6c7d8e9f00")
+        assert client.get(branched) == client.get(versioned) == client.get(PROBLEM) is not None
+        by_branch = ScoresClient.create_for_locations(COURSE, self.user.id, [branched])
+        assert by_branch.get(PROBLEM) == client.get(PROBLEM)
+
+    def test_one_statement_per_parameter_chunk(self) -> None:
+        keys = [COURSE.make_usage_key("problem", f"n{i}") for i in range(25)] + [PROBLEM]
+        # 12 parameters a statement: the learner and the course take 2, leaving 10 locations
+        # a statement: 26 locations -> 3 statements.
+        with (
+            mock.patch("kvstate.sql.max_query_params", return_value=12),
+            self.assertNumQueries(3, using="default"),
+        ):
+            client = ScoresClient.create_for_locations(COURSE, self.user.id, keys)
+        assert client.get(PROBLEM) == Score(1.0, 2.0, self.created[PROBLEM])
+        with self.assertNumQueries(0, using="default"):  # no locations, nothing to read
+            ScoresClient.create_for_locations(COURSE, self.user.id, [])
+
+    @override_settings(
+        DATABASE_ROUTERS=[ReadsElsewhereRouter(), "kvstate.routers.StudentModuleHistoryRouter"]
+    )
+    def test_it_reads_from_the_write_alias(self) -> None:
+        # Scores feed grading, which writes: a lagging replica must never answer (SPEC §10).
+        with (
+            self.assertNumQueries(1, using="default"),
+            self.assertNumQueries(0, using=HISTORY_ALIAS),
+        ):
+            client = ScoresClient.create_for_locations(COURSE, self.user.id, [PROBLEM])
+        assert client.get(PROBLEM) is not None

@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.db import connections
-from django.test import TestCase, TransactionTestCase
+from django.test import TestCase, TransactionTestCase, override_settings
 from django.test.utils import CaptureQueriesContext
 from edx_user_state_client import tests as conformance
 from opaque_keys.edx.keys import UsageKey
@@ -96,8 +97,10 @@ def make_users(n: int, prefix: str = "learner") -> list[Any]:
     return list(user_model.objects.filter(username__startswith=prefix).order_by("id"))
 
 
-def store(users: list[Any], keys: list[UsageKey], state: str | None = '{"a": 1}') -> None:
-    """Give every user a row with ``state`` for every block, in one statement."""
+def store(
+    users: list[Any], keys: list[UsageKey], state: str | None = '{"a": 1}', **fields: Any
+) -> None:
+    """Give every user a row with ``state`` (and ``fields``) for every block, in one statement."""
     StudentModule.objects.bulk_create(
         StudentModule(
             student=user,
@@ -105,6 +108,7 @@ def store(users: list[Any], keys: list[UsageKey], state: str | None = '{"a": 1}'
             course_id=key.context_key,
             module_type=key.block_type,
             state=state,
+            **fields,
         )
         for user in users
         for key in keys
@@ -308,3 +312,78 @@ class BranchedKeyTests(TestCase):
                     states = [e.state for e in fresh.get_history(user.username, key)]
                     assert states == [{"a": 1}]
                 assert [e.state for e in client.iter_all_for_block(key)] == [{"a": 1}]
+
+
+class OpenEdxEdgeCaseTests(TestCase):
+    """Where Open edX's client behaves in a particular way, kvstate's does the same (SPEC §9)."""
+
+    databases = {"default", HISTORY_ALIAS}
+
+    def setUp(self) -> None:
+        self.user = UserFactory()
+        self.client = DjangoXBlockUserStateClient(self.user)
+
+    def test_get_history_without_history_rows_raises_when_iterated(self) -> None:
+        html = COURSE.make_usage_key("html", "h1")  # a type whose writes leave no history
+        with self.captureOnCommitCallbacks(using="default", execute=True):
+            self.client.set(self.user.username, html, {"a": 1})
+        entries = self.client.get_history(self.user.username, html)  # a generator: no error yet
+        # default: the module's id; history: the (empty) history.
+        with (
+            self.assertNumQueries(1, using="default"),
+            self.assertNumQueries(1, using=HISTORY_ALIAS),
+            self.assertRaises(self.client.DoesNotExist),
+        ):
+            next(entries)
+
+    def test_set_many_for_an_unknown_username_raises_the_user_models_does_not_exist(self) -> None:
+        user_model = get_user_model()
+        for states in ({problem(1): {"a": 1}}, {problem(1): {}}):
+            with self.subTest(states=states), self.assertRaises(user_model.DoesNotExist) as info:
+                self.client.set_many("nobody", states)
+            assert "'nobody'" in str(info.exception)
+        assert not StudentModule.objects.exists()
+
+    def test_delete_many_for_an_unknown_username_does_nothing(self) -> None:
+        with self.assertNumQueries(1, using="default"):  # the username lookup
+            self.client.delete_many("nobody", [problem(1)])
+
+    def test_a_client_of_an_anonymous_user_stores_and_reads_nothing(self) -> None:
+        StudentModule.objects.bulk_create(  # a row of a user whose username is empty
+            [StudentModule(student=UserFactory(username=""), module_state_key=problem(1))]
+        )
+        visitor = AnonymousUser()
+        client = DjangoXBlockUserStateClient(visitor)
+        name = visitor.get_username()
+        # Calls about the anonymous learner's (empty) username answer without a query.
+        with self.assertNumQueries(0, using="default"):
+            client.set_many(name, {problem(1): {"a": 1}})
+            client.set(name, problem(2), {"a": 1})
+            client.delete_many(name, [problem(1)])
+            assert list(client.get_many(name, [problem(1), problem(2)])) == []
+            with self.assertRaises(client.DoesNotExist):
+                client.get(name, problem(1))
+            with self.assertRaises(client.DoesNotExist):
+                next(client.get_history(name, problem(1)))
+        assert StudentModule.objects.get().state is None
+
+    def test_user_state_batch_size_is_the_iteration_page_size(self) -> None:
+        users = make_users(25)
+        store(users, [problem(1)])
+        for setting, page in ((None, 1000), (10, 10), (7, 7)):
+            overrides = {} if setting is None else {"USER_STATE_BATCH_SIZE": setting}
+            with self.subTest(setting=setting), override_settings(**overrides):
+                with CaptureQueriesContext(connections["default"]) as queries:
+                    found = list(DjangoXBlockUserStateClient().iter_all_for_block(problem(1)))
+                assert len(found) == 25
+                assert all(f"LIMIT {page}" in q["sql"] for q in queries)
+                assert len(queries) == 25 // page + 1
+        # A client's own iteration_page_size still wins.
+        client = DjangoXBlockUserStateClient()
+        client.iteration_page_size = 5
+        with (
+            override_settings(USER_STATE_BATCH_SIZE=10),
+            CaptureQueriesContext(connections["default"]) as queries,
+        ):
+            assert len(list(client.iter_all_for_course(COURSE))) == 25
+        assert len(queries) == 6

@@ -46,6 +46,7 @@ from kvstate.models import (
     XModuleStudentPrefsField,
     XModuleUserStateSummaryField,
 )
+from kvstate.validation import lacks_run
 
 #: The most rows a change list counts; past it the list says "more than" and shows the first
 #: ``COUNT_LIMIT`` rows' pages. Narrow it down with a search.
@@ -449,7 +450,12 @@ def _json_block(text: str | None) -> SafeString:
 
 
 def _history_page_url(module: StudentModule) -> str | None:
-    """Return the module's submission-history page, when the project includes kvstate.urls."""
+    """Return the module's submission-history page, when the project includes kvstate.urls.
+
+    None for a row of an old course whose key does not name its run (the page's URL cannot).
+    """
+    if lacks_run(UsageKey.from_string(str(_usage_key(module)))):
+        return None
     try:
         return reverse(
             "kvstate:history",

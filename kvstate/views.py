@@ -26,6 +26,7 @@ from opaque_keys.edx.keys import UsageKey
 from kvstate import history, storage
 from kvstate.conf import settings
 from kvstate.models import StudentModuleHistory
+from kvstate.validation import lacks_run
 
 #: History entries per page (HTML and JSON).
 HISTORY_PAGE_SIZE = 25
@@ -95,6 +96,9 @@ def submission_history(request: HttpRequest, username: str, usage_key: str) -> H
         key = UsageKey.from_string(usage_key)
     except InvalidKeyError:
         return _error(404, f"{usage_key!r} is not a usage key", output)
+    if lacks_run(key):
+        # An i4x:// key's string has no course run, and old courses reuse it in every run.
+        return _error(404, f"{usage_key!r} has no course run, so it names no learner's row", output)
     if not _permission_hook()(request, username, key):
         return _error(403, f"you may not see {username!r}'s submission history", output)
     try:

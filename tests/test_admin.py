@@ -280,6 +280,23 @@ class ReadOnlyTests(AdminTestCase):
         )
         assert f'href="{history_page}"' in html
 
+    def test_a_row_of_an_old_course_has_no_history_page_link(self) -> None:
+        from opaque_keys.edx.keys import CourseKey, UsageKey
+
+        course = CourseKey.from_string("edX/Old/2012")
+        old = StudentModule.objects.create(
+            student=self.alice,
+            module_state_key=UsageKey.from_string("i4x://edX/Old/problem/p1").map_into_course(
+                course
+            ),
+            course_id=course,
+            state="{}",
+        )
+        response = self.client.get(reverse("admin:kvstate_studentmodule_change", args=[old.pk]))
+        assert response.status_code == 200
+        assert "submission history page" not in response.content.decode()
+        assert "all entries in the history table" in response.content.decode()
+
     def test_per_field_values_are_formatted_json(self) -> None:
         row = XModuleStudentInfoField.objects.create(
             student=self.alice, field_name="tz", value=json.dumps({"zone": "<UTC>"})

@@ -127,6 +127,12 @@ class NotFoundTests(HistoryPageTestCase):
         assert response.status_code == 404
         assert b"'not-a-key' is not a usage key" in response.content
 
+    def test_an_old_key_without_its_course_run(self) -> None:
+        # "i4x://org/course/category/name" names the block in every run of an old course.
+        response = self.get(self.staff, history_url("alice", "i4x://edX/Old/problem/p1"))
+        assert response.status_code == 404
+        assert b"has no course run, so it names no learner's row" in response.content
+
     def test_bad_format_and_cursor(self) -> None:
         self.client.force_login(self.staff)
         assert self.client.get(history_url("alice", PROBLEM, format="xml")).status_code == 400

@@ -58,14 +58,17 @@ class Figures:
 # --- setting up Django ------------------------------------------------------------------------
 
 
-def configure(backend: str) -> None:
-    """Point Django at ``tests.settings`` on ``backend`` with this run's database names."""
+def configure(backend: str, suffix: str = "_bench") -> None:
+    """Point Django at ``tests.settings`` on ``backend`` with this run's database names.
+
+    ``suffix`` goes after ``$KVSTATE_TEST_DB_SUFFIX`` in every database name.
+    """
     root = Path(__file__).resolve().parent.parent
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     os.environ["KVSTATE_TEST_DB"] = backend
     # Benchmarks and test runs of the same developer must not share databases.
-    os.environ["KVSTATE_TEST_DB_SUFFIX"] = os.environ.get("KVSTATE_TEST_DB_SUFFIX", "") + "_bench"
+    os.environ["KVSTATE_TEST_DB_SUFFIX"] = os.environ.get("KVSTATE_TEST_DB_SUFFIX", "") + suffix
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     import django
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Django's command-line utility, pointed at kvstate's test/example settings."""
+"""Django's command-line utility: kvstate's test settings, or the workbench's (./demo sets them)."""
 
 import os
 import sys

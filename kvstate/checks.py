@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core import checks
 from django.db import router
+from django.utils.module_loading import import_string
 
 from kvstate.conf import HISTORY_ALIAS, settings
 
@@ -139,6 +140,53 @@ def check_value_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     return errors
 
 
+def check_web_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    """``KVSTATE_HISTORY_PERMISSION`` imports a callable; ``KVSTATE_ANONYMOUS_CACHE`` is a cache."""
+    errors: list[checks.CheckMessage] = []
+    hook = getattr(django_settings, "KVSTATE_HISTORY_PERMISSION", None)
+    if hook is not None:
+        problem = _hook_problem(hook)
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"KVSTATE_HISTORY_PERMISSION is {hook!r}: {problem}.",
+                    hint=(
+                        "Give the dotted path of a function (request, username, usage_key) -> "
+                        "bool, e.g. 'myproject.permissions.can_see_history', or None for the "
+                        "default (staff, or the learner themself)."
+                    ),
+                    id="kvstate.E008",
+                )
+            )
+    cache = getattr(django_settings, "KVSTATE_ANONYMOUS_CACHE", None)
+    if cache is not None and (not isinstance(cache, str) or cache not in django_settings.CACHES):
+        errors.append(
+            checks.Error(
+                f"KVSTATE_ANONYMOUS_CACHE is {cache!r}, which names no cache in CACHES "
+                f"({', '.join(map(repr, django_settings.CACHES)) or 'none configured'}).",
+                hint=(
+                    "Name a CACHES alias, or set None to keep anonymous state in memory for "
+                    "one request."
+                ),
+                id="kvstate.E009",
+            )
+        )
+    return errors
+
+
+def _hook_problem(path: object) -> str:
+    """Return why ``path`` is not the dotted path of a callable, or ``''``."""
+    if not isinstance(path, str):
+        return f"a {type(path).__name__}, not a dotted path"
+    try:
+        hook = import_string(path)
+    except ImportError as exc:
+        return f"it does not import ({exc})"
+    if not callable(hook):
+        return f"{type(hook).__name__} {hook!r} is not callable"
+    return ""
+
+
 def check_open_edx_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     """Open edX's ``USER_STATE_BATCH_SIZE``, which kvstate honours, has a usable value."""
     size = getattr(django_settings, "USER_STATE_BATCH_SIZE", None)
@@ -165,4 +213,5 @@ def register() -> None:
     """Register kvstate's checks with Django."""
     checks.register(check_history_routing)
     checks.register(check_value_settings)
+    checks.register(check_web_settings)
     checks.register(check_open_edx_settings)

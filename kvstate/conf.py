@@ -70,6 +70,26 @@ class _Settings:
         return value
 
     @property
+    def HISTORY_PERMISSION(self) -> str | None:
+        """Dotted path of the submission-history permission hook, or ``None`` for the default.
+
+        ``KVSTATE_HISTORY_PERMISSION``: a callable ``(request, username, usage_key) -> bool``
+        that replaces the default rule (staff, or the learner themself).
+        """
+        value: str | None = getattr(django_settings, "KVSTATE_HISTORY_PERMISSION", None)
+        return value
+
+    @property
+    def ANONYMOUS_CACHE(self) -> str | None:
+        """Alias in ``CACHES`` that keeps anonymous and ephemeral state across requests.
+
+        ``KVSTATE_ANONYMOUS_CACHE``, default ``None``: such state lives in memory for one
+        request (one ``StudentDataProvider``).
+        """
+        value: str | None = getattr(django_settings, "KVSTATE_ANONYMOUS_CACHE", None)
+        return value
+
+    @property
     def USER_STATE_BATCH_SIZE(self) -> int:
         """Rows per statement when iterating over all the state of a block or a course.
 

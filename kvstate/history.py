@@ -151,6 +151,21 @@ def for_module(module_id: int) -> list[StudentModuleHistory]:
     return list(StudentModuleHistory.objects.using(alias()).for_module(module_id))
 
 
+def page_for_module(
+    module_id: int, size: int, before: tuple[datetime, int] | None = None
+) -> list[StudentModuleHistory]:
+    """Return up to ``size`` + 1 entries of one module's history, newest first, in one statement.
+
+    ``before`` is the ``(created, id)`` of the last entry of the previous page (a keyset, so
+    a page costs its own rows however deep it is). The entry past ``size``, when there is one,
+    tells that an older page exists and what the page's oldest entry changed.
+    """
+    entries = StudentModuleHistory.objects.using(alias()).for_module(module_id)
+    if before is not None:
+        entries = entries.before(("created", "id"), before)
+    return list(entries[: size + 1])
+
+
 #: What :func:`for_modules` yields per history row, in this order.
 ENTRY_COLUMNS = ("student_module_id", "created", "state", "grade", "max_grade", "version")
 

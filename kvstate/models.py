@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from django.conf import settings
 from django.db import connections, models, router
 from django.db.models import F, Func, Q, Value
-from django.db.models.lookups import GreaterThan
+from django.db.models.lookups import GreaterThan, LessThan
 from opaque_keys.edx.django.models import (
     BlockTypeKeyField,
     LearningContextKeyField,
@@ -76,14 +76,22 @@ class _KeysetQuerySet(_ChunkingQuerySet[_M]):
         before it. SQLite ranges on ``a`` only when ``b`` is the rowid, so there a page also
         skips the earlier rows that share its ``a``.
         """
+        return self._beyond(order, last, "gt")
+
+    def before(self, order: Sequence[str], last: Sequence[Any]) -> Self:
+        """Return the rows whose ``order`` columns sort before ``last`` (descending keyset)."""
+        return self._beyond(order, last, "lt")
+
+    def _beyond(self, order: Sequence[str], last: Sequence[Any], lookup: str) -> Self:
         if len(order) != len(last):
             raise ValueError(f"keyset {list(last)!r} does not match the ordering {list(order)!r}")
         if len(order) == 1:
-            return self.filter(**{f"{order[0]}__gt": last[0]})
-        expanded = Q(**{f"{order[-1]}__gt": last[-1]})
+            return self.filter(**{f"{order[0]}__{lookup}": last[0]})
+        expanded = Q(**{f"{order[-1]}__{lookup}": last[-1]})
         for name, value in zip(reversed(order[:-1]), reversed(last[:-1]), strict=True):
-            expanded = Q(**{f"{name}__gt": value}) | (Q(**{name: value}) & expanded)
-        row = GreaterThan(_Row(*(F(name) for name in order)), _Row(*map(Value, last)))
+            expanded = Q(**{f"{name}__{lookup}": value}) | (Q(**{name: value}) & expanded)
+        compare = GreaterThan if lookup == "gt" else LessThan
+        row = compare(_Row(*(F(name) for name in order)), _Row(*map(Value, last)))
         return self.filter(row, expanded)
 
 

@@ -15,8 +15,11 @@ Server coordinates come from KVSTATE_PG_* / KVSTATE_MYSQL_* (defaults: this mach
 """
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
+
+from demo_site.static import xblock_sdk_static_dir
 
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "kvstate-tests-only"
@@ -25,10 +28,39 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
     "kvstate",
+    # The workbench (outside the kvstate package): its pages run in the browser tests.
+    "demo_site",
 ]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [xblock_sdk_static_dir()]
 DATABASE_ROUTERS = ["kvstate.routers.StudentModuleHistoryRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -109,6 +141,20 @@ elif _backend == "pg-replica":
     }
     # kvstate's router first (SPEC §10), then the deployment's split router.
     DATABASE_ROUTERS = [*DATABASE_ROUTERS, "tests.cluster.ReadReplicaRouter"]
+
+# Redis (Django's RedisCache) backs the cache-store tests; every run gets its own key prefix
+# and deletes its keys, so runs sharing one server never see each other's entries.
+REDIS_URL = os.environ.get("KVSTATE_REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "redis": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"kvstate-test{_suffix}-{uuid.uuid4().hex[:12]}",
+        "TIMEOUT": 600,
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -206,6 +206,52 @@ class ValueSettingsChecksTests(SimpleTestCase):
         ]
 
 
+def permit_everyone(request: object, username: str, usage_key: object) -> bool:
+    """A history permission hook for the checks to import."""
+    return True
+
+
+NOT_CALLABLE = "a string, not a function"
+
+
+class WebSettingsChecksTests(SimpleTestCase):
+    def test_e008_history_permission_that_does_not_import(self) -> None:
+        for value in (
+            "tests.test_checks.no_such_function",
+            "tests.no_such_module.permit",
+            "permit_everyone",  # not a dotted path
+            "",
+            42,
+            permit_everyone,  # the function itself, not its path
+        ):
+            with (
+                self.subTest(value=value),
+                override_settings(KVSTATE_HISTORY_PERMISSION=value),
+            ):
+                assert kvstate_check_ids() == ["kvstate.E008"]
+
+    @override_settings(KVSTATE_HISTORY_PERMISSION="tests.test_checks.NOT_CALLABLE")
+    def test_e008_history_permission_that_is_not_callable(self) -> None:
+        messages = [m for m in run_checks() if m.id == "kvstate.E008"]
+        assert len(messages) == 1
+        assert "not callable" in messages[0].msg
+
+    def test_good_history_permission(self) -> None:
+        for value in (None, "tests.test_checks.permit_everyone"):
+            with self.subTest(value=value), override_settings(KVSTATE_HISTORY_PERMISSION=value):
+                assert kvstate_check_ids() == []
+
+    def test_e009_anonymous_cache_that_names_no_cache(self) -> None:
+        for value in ("no-such-cache", "", 1, ["default"]):
+            with self.subTest(value=value), override_settings(KVSTATE_ANONYMOUS_CACHE=value):
+                assert kvstate_check_ids() == ["kvstate.E009"]
+
+    def test_good_anonymous_cache(self) -> None:
+        for value in (None, "default"):
+            with self.subTest(value=value), override_settings(KVSTATE_ANONYMOUS_CACHE=value):
+                assert kvstate_check_ids() == []
+
+
 class CheckCommandTests(SimpleTestCase):
     def test_check_command_is_clean_with_the_shipped_settings(self) -> None:
         out = StringIO()

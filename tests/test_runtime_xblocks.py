@@ -16,8 +16,10 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.signed_cookies import SessionStore
+from django.core.cache import caches
 from django.db import connections
-from django.test import TestCase, override_settings
+from django.test import RequestFactory, TestCase, override_settings
 from django.test.utils import CaptureQueriesContext
 from opaque_keys.edx.block_types import BlockTypeKeyV1
 from opaque_keys.edx.locator import CourseLocator
@@ -29,7 +31,12 @@ from kvstate.models import (
     XModuleStudentPrefsField,
     XModuleUserStateSummaryField,
 )
-from kvstate.runtime import EphemeralKeyValueStore, StudentDataProvider
+from kvstate.runtime import (
+    VISITOR_SESSION_KEY,
+    EphemeralKeyValueStore,
+    StudentDataProvider,
+    visitor_id,
+)
 from kvstate.testing.factories import UserFactory
 from kvstate.testing.runtime import AuthoredContent, MinimalRuntime, new_request
 
@@ -394,6 +401,89 @@ class NothingPersistedTests(XBlockRequestsTestCase):
         assert not XModuleUserStateSummaryField.objects.filter(field_name="downvotes").exists()
         assert self.view_state(self.alice, POLL)["choice"] == "B"
         assert self.view_state(self.alice, SURVEY)["choices"] is None
+
+
+@override_settings(KVSTATE_ANONYMOUS_CACHE="default")
+class AnonymousCacheTests(NothingPersistedTests):
+    """With KVSTATE_ANONYMOUS_CACHE, anonymous and preview state lasts across requests."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        caches["default"].clear()  # locmem: this process's own cache
+        self.factory = RequestFactory()
+
+    def request(self, user: Any, session: Any, **kwargs: Any) -> MinimalRuntime:
+        """Start a request of ``user`` in the browser session ``session``."""
+        request = self.factory.get("/")
+        request.user = user
+        request.session = session
+        return MinimalRuntime(self.content, StudentDataProvider.for_request(request, **kwargs))
+
+    def test_anonymous_vote_is_kept_across_requests_of_the_visitor(self) -> None:
+        session = SessionStore()
+        with self.assert_no_statements():
+            first = self.request(AnonymousUser(), session)
+            replies = self.use_every_block(first)
+            assert replies["poll"]["success"]
+
+            later = self.request(AnonymousUser(), session)
+            assert later.call_get_handler(later.get_block(POLL), "student_view_user_state") == {
+                "choice": "R",
+                "tally": {**EMPTY_TALLY, "R": 1},  # the visitor's own, not the learners' one
+                "submissions_count": 1,
+            }
+            assert later.get_block(DONE).done is True
+            assert later.get_block(THUMBS).voted is True
+            again = later.call_json_handler(later.get_block(POLL), "vote", {"choice": "B"})
+            assert again["success"] is False  # already voted, as for a learner
+
+            stranger = self.request(AnonymousUser(), SessionStore())
+            assert stranger.get_block(POLL).choice is None
+
+        assert session.modified  # so SessionMiddleware saves it and sends the cookie
+        assert isinstance(session[VISITOR_SESSION_KEY], str)
+        assert row_counts() == self.before
+        assert self.stored_summary(POLL, "tally") == {**EMPTY_TALLY, "B": 1}
+
+    def test_preview_is_kept_and_apart_from_the_anonymous_visit(self) -> None:
+        session = SessionStore()
+        with self.assert_no_statements():
+            self.use_every_block(self.request(self.alice, session, ephemeral=True))
+            preview = self.request(self.alice, session, ephemeral=True)
+            assert preview.get_block(POLL).choice == "R"
+            assert self.request(AnonymousUser(), session).get_block(POLL).choice is None
+        assert row_counts() == self.before
+        # Alice's real vote is untouched.
+        assert self.view_state(self.alice, POLL)["choice"] == "B"
+
+    def test_a_signed_in_learner_still_uses_the_database(self) -> None:
+        runtime = self.request(self.alice, SessionStore())
+        assert runtime.student_data.persistent
+        assert runtime.student_data.memory_store is None
+        assert runtime.get_block(POLL).choice == "B"
+
+    def test_the_visitor_id_survives_a_new_session_key(self) -> None:
+        session = SessionStore()
+        request = self.factory.get("/")
+        request.session = session
+        visitor = visitor_id(request)
+        session.cycle_key()  # as login() does
+        assert visitor_id(request) == visitor
+
+    def test_without_a_session_state_lasts_one_request(self) -> None:
+        request = self.factory.get("/")
+        request.user = AnonymousUser()
+        provider = StudentDataProvider.for_request(request)
+        assert isinstance(provider.memory_store, EphemeralKeyValueStore)
+
+    @override_settings(KVSTATE_ANONYMOUS_CACHE=None)
+    def test_without_the_setting_state_lasts_one_request(self) -> None:
+        session = SessionStore()
+        runtime = self.request(AnonymousUser(), session)
+        assert isinstance(runtime.student_data.memory_store, EphemeralKeyValueStore)
+        self.use_every_block(runtime)
+        assert self.request(AnonymousUser(), session).get_block(POLL).choice is None
+        assert VISITOR_SESSION_KEY not in session
 
 
 class ProviderTests(XBlockRequestsTestCase):

@@ -6,8 +6,10 @@ author previewing in a studio, then prints what each request cost in SQL stateme
 what was stored per learner and what all learners share. It checks its own results and fails
 (non-zero exit) if any stored value, tally or statement count is not what it should be.
 
-Needs the demo XBlocks: ``pip install "kvstate[demo]"`` (xblock-poll, xblock-sdk, done-xblock).
-Each run first deletes the data of previous runs (the demo course, the ``demo-*`` learners).
+Part of the workbench project (``demo_site``), not of the reusable app: ``./demo`` runs it with
+the workbench's settings. Needs the demo XBlocks: ``pip install "kvstate[demo]"`` (xblock-poll,
+xblock-sdk, done-xblock). Each run first deletes the data of previous runs (the demo course,
+the ``demo-*`` learners); the workbench's own course and learners are not touched.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
-from opaque_keys.edx.keys import CourseKey, UsageKey
+from opaque_keys.edx.keys import UsageKey
 
+from demo_site.unit import DEMO_UNIT
 from kvstate.models import (
     StudentModule,
     StudentModuleHistory,
@@ -36,19 +39,8 @@ from kvstate.models import (
     XModuleUserStateSummaryField,
 )
 
-COURSE = CourseKey.from_string("course-v1:kvstate+Demo+2025")
-
-
-def _usage(block_type: str, block_id: str) -> UsageKey:
-    return UsageKey.from_string(f"block-v1:kvstate+Demo+2025+type@{block_type}+block@{block_id}")
-
-
-POLL = _usage("poll", "favourite_colour")
-OPEN_POLL = _usage("poll", "best_snack")
-SURVEY = _usage("survey", "course_feedback")
-THUMBS = _usage("thumbs", "lecture_1")
-DONE = _usage("done", "reading_1")
-UNIT = (POLL, OPEN_POLL, SURVEY, THUMBS, DONE)
+COURSE = DEMO_UNIT.course
+POLL, OPEN_POLL, SURVEY, THUMBS, DONE = UNIT = DEMO_UNIT.blocks
 
 LEARNERS = ("alice", "bob", "carol", "dave")
 ANONYMOUS = "anonymous"
@@ -225,7 +217,7 @@ class Command(BaseCommand):
             for alias in self.aliases:
                 call_command("migrate", database=alias, verbosity=0, interactive=False)
         runtime_module = _import_runtime()
-        content = _authored_content(runtime_module.AuthoredContent)
+        content = DEMO_UNIT.authored_content()
         users = self._reset()
 
         outcomes = [
@@ -445,16 +437,6 @@ def _import_runtime() -> Any:
     from kvstate.testing import runtime
 
     return runtime
-
-
-def _authored_content(content_class: Any) -> Any:
-    content = content_class()
-    content.add(POLL, question="Which colour do you like best?")
-    content.add(OPEN_POLL, question="Best snack?", private_results=True, max_submissions=2)
-    content.add(SURVEY)
-    content.add(THUMBS)
-    content.add(DONE)
-    return content
 
 
 def _visible_state(block: Any) -> dict[str, Any]:

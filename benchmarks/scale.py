@@ -102,6 +102,24 @@ PROFILED = {
     "history": 0.2,
     "iterate": 0.02,
 }
+#: What ``--only`` can pick: the latency operations, then the other measurements.
+PARTS = (
+    "cache_typical",
+    "cache_heavy",
+    "cache_fresh",
+    "cache_newcomer",
+    "get_many",
+    "submit",
+    "set_many_existing",
+    "set_many_new",
+    "history",
+    "iterate",
+    "submit_threads",
+    "contended",
+    "memory",
+    "prune",
+    "explain",
+)
 
 
 @dataclass(frozen=True)
@@ -1320,7 +1338,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="functions per profile table")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every figure (and raw plans) here")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        help=f"measure only these parts, comma-separated: {', '.join(PARTS)}",
+    )
     args = parser.parse_args(argv)
+    unknown = (args.only or set()) - set(PARTS)
+    if unknown:
+        parser.error(f"--only: no part named {', '.join(sorted(unknown))}; choose from {PARTS}")
+    wanted = args.only or set(PARTS)
 
     rows = args.rows or (20_000 if args.quick else 1_000_000)
     shape = Shape(
@@ -1454,41 +1481,44 @@ def main(argv: list[str] | None = None) -> int:
                     counts.iterate,
                 ),
             ]
+            operations = [op for op in operations if op[0] in wanted]
             for name, label, prepare, n in operations:
                 print(f"... {label} ({n} each)", flush=True)
                 report.latency[name] = (label, interleaved(prepare, n, counts.warmup))
-            print(f"... submits in {args.threads} threads", flush=True)
-            report.threads["submit_threads"] = (
-                f"submit, {args.threads} threads (different learners)",
-                submits_in_threads(world, args.threads, counts),
-            )
-            print(f"... {args.threads} writers on one row", flush=True)
-            report.threads["contended"] = (
-                f"{args.threads} writers, one row, fresh cache per write",
-                contended_row(world, args.threads, counts),
-            )
-            print("... iteration memory", flush=True)
-            report.memory.append(
-                ("kvstate", iteration_memory(Kvstate(), layout.iteration_course.key))
-            )
-            report.memory.append(
-                ("kvstate", iteration_memory(Kvstate(), layout.biggest_course.key))
-            )
-            report.memory.append(
-                ("baseline", iteration_memory(Naive(), layout.iteration_course.key))
-            )
-            print("... prune", flush=True)
-            report.prune = prune_rates(counts.fodder)
+            if "submit_threads" in wanted:
+                print(f"... submits in {args.threads} threads", flush=True)
+                report.threads["submit_threads"] = (
+                    f"submit, {args.threads} threads (different learners)",
+                    submits_in_threads(world, args.threads, counts),
+                )
+            if "contended" in wanted:
+                print(f"... {args.threads} writers on one row", flush=True)
+                report.threads["contended"] = (
+                    f"{args.threads} writers, one row, fresh cache per write",
+                    contended_row(world, args.threads, counts),
+                )
+            if "memory" in wanted:
+                print("... iteration memory", flush=True)
+                for impl, course in (
+                    (Kvstate(), layout.iteration_course),
+                    (Kvstate(), layout.biggest_course),
+                    (Naive(), layout.iteration_course),
+                ):
+                    report.memory.append((impl.name, iteration_memory(impl, course.key)))
+            if "prune" in wanted:
+                print("... prune", flush=True)
+                report.prune = prune_rates(counts.fodder)
             if not args.no_profile:
                 print("... profiles", flush=True)
                 for name, label, prepare, _n in operations:
                     if name in PROFILED:
                         runs = max(1, round(counts.profile * PROFILED[name]))
                         report.profiles.append(profile(label, prepare, runs))
-            print("... EXPLAIN", flush=True)
-            report.explained, report.big, report.statements_explained = explain_operations(
-                world, args.big_table
-            )
+            if "explain" in wanted:
+                print("... EXPLAIN", flush=True)
+                report.explained, report.big, report.statements_explained = explain_operations(
+                    world, args.big_table
+                )
         finally:
             remove_bench_rows()
         report.header["load_after"] = machine()

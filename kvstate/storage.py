@@ -52,16 +52,6 @@ MAX_SWAP_ROUNDS = 50
 CONFLICT_PAUSE_BASE = 0.005
 CONFLICT_PAUSE_CAP = 0.25
 
-_MODULE_COLUMNS = (
-    "id",
-    "module_type",
-    "state",
-    "grade",
-    "max_grade",
-    "created",
-    "modified",
-)
-
 
 @dataclass
 class Stats:
@@ -143,7 +133,7 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a ``values_list(*_MODULE_COLUMNS, ...)`` tuple."""
+        """Build from a row of ``sql.MODULE_COLUMNS`` (or its first seven columns)."""
         row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
@@ -262,26 +252,36 @@ def fetch_modules(
     under REPEATABLE READ, and holds them until the transaction ends.
     """
     by_key = {t.stored: t for t in targets}
-    found: dict[Target, ModuleRow] = {}
+    return {
+        by_key[stored]: row
+        for stored, row in fetch_stored_modules(using, student_id, by_key, lock=lock).items()
+    }
+
+
+def fetch_stored_modules(
+    using: str,
+    student_id: int,
+    keys: Iterable[tuple[str, str]],
+    *,
+    lock: bool = False,
+) -> dict[tuple[str, str], ModuleRow]:
+    """Read the rows stored under ``keys``, ``(module_id, course_id)`` strings (see ``row_key``).
+
+    What :func:`fetch_modules` does for callers that already hold the stored strings.
+    """
+    wanted = set(keys)
+    found: dict[tuple[str, str], ModuleRow] = {}
     connection = connections[using]
-    # Two values per row (module_id, course_id) plus the learner's id.
-    size = (sql.max_query_params(connection) - 1) // 2
-    for chunk in chunked(sorted(by_key), size):
-        # Compare and read the key columns as the plain strings they hold: parsing thousands
-        # of opaque keys back and forth would cost more than the query.
-        query = StudentModule.objects.using(using).filter(
-            student_id=student_id,
-            module_state_key__in=as_stored({module_id for module_id, _ in chunk}),
-            course_id__in=as_stored({course_id for _, course_id in chunk}),
-        )
-        if lock and connection.features.has_select_for_update:
-            query = query.select_for_update()
-        for values in query.values_list(
-            *_MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
-        ):
-            target = by_key.get(values[-2:])
-            if target is not None:
-                found[target] = ModuleRow.from_values(values)
+    table = StudentModule._meta.db_table
+    # One parameter per block plus the learner's id; sorted, so that lockers lock in one order.
+    module_ids = sorted({module_id for module_id, _ in wanted})
+    for chunk in chunked(module_ids, sql.max_query_params(connection) - 1):
+        for values in sql.select_modules(connection, table, student_id, chunk, lock=lock):
+            # The statement does not filter on the course (see sql.select_modules): an old
+            # i4x:// key names a block in every run of its course.
+            stored = (values[7], values[8])
+            if stored in wanted:
+                found[stored] = ModuleRow.from_values(values)
     return found
 
 

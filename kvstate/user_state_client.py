@@ -70,9 +70,11 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         student_id = self._student_id(username)
         if student_id is None or not targets:
             return
-        rows = storage.fetch_modules(storage.state_alias(), student_id, targets)
-        for target in dict.fromkeys(targets):
-            row = rows.get(target)
+        # Keyed by the stored strings: hashing opaque keys costs more than reading the rows.
+        by_key = {target.stored: target for target in targets}
+        rows = storage.fetch_stored_modules(storage.state_alias(), student_id, by_key)
+        for stored, target in by_key.items():
+            row = rows.get(stored)
             if row is None or not row.visible:
                 continue
             state = row.state

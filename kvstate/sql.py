@@ -233,6 +233,14 @@ def _select_fields_sql(
     return f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} WHERE {where}"
 
 
+def ranges_row_comparisons(connection: BaseDatabaseWrapper) -> bool:
+    """Return whether the planner reads ``(a, b) > (x, y)`` as one range of an index on (a, b).
+
+    PostgreSQL does; MySQL/MariaDB need the ``a > x OR (a = x AND b > y)`` form besides.
+    """
+    return connection.vendor == "postgresql"
+
+
 # Writing StudentModule rows ----------------------------------------------------------------
 
 

@@ -62,13 +62,11 @@ class ScoresClient:
         connection = connections[storage.state_alias()]
         table = StudentModule._meta.db_table
         columns = ("module_id", "course_id", "grade", "max_grade", "created")
-        # By learner and block, the unique key's leading columns; the course is matched here
-        # (see sql.select_modules). The learner takes one parameter.
+        # The course is matched here (see sql.select_modules). The learner takes one parameter.
         module_ids = sorted({module_id for module_id, _ in wanted})
         for chunk in storage.chunked(module_ids, sql.max_query_params(connection) - 1):
-            conditions = [("student_id", [self.user_id]), ("module_id", chunk)]
-            for module_id, course_id, grade, max_grade, created in sql.select_fields(
-                connection, table, columns, conditions
+            for module_id, course_id, grade, max_grade, created in sql.select_modules(
+                connection, table, self.user_id, chunk, columns=columns
             ):
                 if (module_id, course_id) in wanted:
                     self._scores[module_id] = _Score(grade, max_grade, created)

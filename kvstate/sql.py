@@ -137,30 +137,30 @@ def select_modules(
     student_id: int,
     module_ids: Sequence[str],
     *,
+    columns: Sequence[str] = MODULE_COLUMNS,
     lock: bool = False,
 ) -> list[tuple[Any, ...]]:
-    """Return the :data:`MODULE_COLUMNS` of one learner's rows for ``module_ids``, any course.
+    """Return ``columns`` of one learner's rows for ``module_ids``, in any course.
 
     The condition is the unique key's leading columns (learner, block), never the course: with
     the course in it a planner may pick the course index and read the whole course, which it
     does for a course newer than its statistics. The caller matches the course. On PostgreSQL
     each block is a probe of its own (``LATERAL``), so no estimate can turn the probes into a
-    range over all of the learner's rows. ``lock``: ``FOR UPDATE`` where the database has it.
+    range over all of the learner's rows, or over the block's rows of every learner.
+    ``lock``: ``FOR UPDATE`` where the database has it.
     """
     lock = lock and connection.features.has_select_for_update
+    shape = (connection.ops.quote_name, table, tuple(columns), lock)
     if connection.vendor == "postgresql":
-        statement = _probe_modules_sql(connection.ops.quote_name, table, lock)
+        statement = _probe_modules_sql(*shape)
         params: list[Any] = [list(module_ids), student_id]
     else:
-        statement = _select_modules_sql(connection.ops.quote_name, table, len(module_ids), lock)
+        statement = _select_modules_sql(*shape, len(module_ids))
         params = [student_id, *module_ids]
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
         rows: list[tuple[Any, ...]] = cursor.fetchall()
-    convert = _datetime_converter(connection)
-    if convert is None:
-        return rows
-    return [(*row[:5], convert(row[5]), convert(row[6]), *row[7:]) for row in rows]
+    return _convert_datetimes(connection, columns, rows)
 
 
 def select_fields(
@@ -172,17 +172,30 @@ def select_fields(
     """Return ``columns`` of the rows of ``table`` whose columns hold one of the values given.
 
     ``conditions`` pairs a column with its values: ``column IN (values)``, all of them ANDed.
-    The last column read must be a datetime (``modified``), converted as Django does.
     """
     shape = tuple((column, len(values)) for column, values in conditions)
     statement = _select_fields_sql(connection.ops.quote_name, table, tuple(columns), shape)
     with connection.cursor() as cursor:
         cursor.execute(statement, [value for _column, values in conditions for value in values])
         rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return _convert_datetimes(connection, columns, rows)
+
+
+def _convert_datetimes(
+    connection: BaseDatabaseWrapper, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Return ``rows`` with their ``created``/``modified`` values as Django reads them."""
     convert = _datetime_converter(connection)
-    if convert is None:
+    at = [n for n, column in enumerate(columns) if column in {"created", "modified"}]
+    if convert is None or not at:
         return rows
-    return [(*row[:-1], convert(row[-1])) for row in rows]
+    converted = []
+    for row in rows:
+        values = list(row)
+        for n in at:
+            values[n] = convert(values[n])
+        converted.append(tuple(values))
+    return converted
 
 
 def _datetime_converter(connection: BaseDatabaseWrapper) -> Callable[[Any], datetime] | None:
@@ -198,23 +211,26 @@ def _datetime_converter(connection: BaseDatabaseWrapper) -> Callable[[Any], date
 
 
 @functools.lru_cache(maxsize=16)
-def _probe_modules_sql(quote: Callable[[str], str], table: str, lock: bool) -> str:
+def _probe_modules_sql(
+    quote: Callable[[str], str], table: str, columns: tuple[str, ...], lock: bool
+) -> str:
     # OFFSET 0 keeps the planner from flattening the probe into one join over the learner's
     # rows; each probe is then one descent of the unique index on (student_id, module_id, ...).
-    columns = ", ".join(quote(c) for c in MODULE_COLUMNS)
     return (
         f"SELECT sm.* FROM unnest(%s::text[]) AS k(m) CROSS JOIN LATERAL ("
-        f"SELECT {columns} FROM {quote(table)} "
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
         f"WHERE {quote('student_id')} = %s AND {quote('module_id')} = k.m "
         f"OFFSET 0{' FOR UPDATE' if lock else ''}) AS sm"
     )
 
 
 @functools.lru_cache(maxsize=256)
-def _select_modules_sql(quote: Callable[[str], str], table: str, count: int, lock: bool) -> str:
-    columns = ", ".join(quote(c) for c in MODULE_COLUMNS)
+def _select_modules_sql(
+    quote: Callable[[str], str], table: str, columns: tuple[str, ...], lock: bool, count: int
+) -> str:
     return (
-        f"SELECT {columns} FROM {quote(table)} WHERE {quote('student_id')} = %s "
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
+        f"WHERE {quote('student_id')} = %s "
         f"AND {quote('module_id')} IN ({', '.join(['%s'] * count)})"
         f"{' FOR UPDATE' if lock else ''}"
     )

@@ -66,7 +66,7 @@ class ScoresClient:
         module_ids = sorted({module_id for module_id, _ in wanted})
         for chunk in storage.chunked(module_ids, sql.max_query_params(connection) - 1):
             for module_id, course_id, grade, max_grade, created in sql.select_modules(
-                connection, table, self.user_id, chunk, columns=columns
+                connection, table, self.user_id, chunk, columns
             ):
                 if (module_id, course_id) in wanted:
                     self._scores[module_id] = _Score(grade, max_grade, created)

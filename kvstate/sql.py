@@ -117,27 +117,14 @@ def max_query_params(connection: BaseDatabaseWrapper) -> int:
 # than the database spends answering it on these paths. Key columns are read as the strings they
 # hold (no opaque-key parsing), and datetimes are converted as Django converts them.
 
-#: What :func:`select_modules` reads of each row, in this order.
-MODULE_COLUMNS = (
-    "id",
-    "module_type",
-    "state",
-    "grade",
-    "max_grade",
-    "created",
-    "modified",
-    "module_id",
-    "course_id",
-)
-
 
 def select_modules(
     connection: BaseDatabaseWrapper,
     table: str,
     student_id: int,
     module_ids: Sequence[str],
+    columns: Sequence[str],
     *,
-    columns: Sequence[str] = MODULE_COLUMNS,
     lock: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Return ``columns`` of one learner's rows for ``module_ids``, in any course.

@@ -52,6 +52,17 @@ MAX_SWAP_ROUNDS = 50
 CONFLICT_PAUSE_BASE = 0.005
 CONFLICT_PAUSE_CAP = 0.25
 
+#: What kvstate reads of a ``StudentModule`` row (:meth:`ModuleRow.from_values`).
+_MODULE_COLUMNS = (
+    "id",
+    "module_type",
+    "state",
+    "grade",
+    "max_grade",
+    "created",
+    "modified",
+)
+
 
 @dataclass
 class Stats:
@@ -133,7 +144,7 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a row of ``sql.MODULE_COLUMNS`` (or its first seven columns)."""
+        """Build from the values of ``_MODULE_COLUMNS``, in that order."""
         row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
@@ -269,20 +280,40 @@ def fetch_stored_modules(
 
     What :func:`fetch_modules` does for callers that already hold the stored strings.
     """
+    found = _select_stored(using, student_id, keys, _MODULE_COLUMNS, lock=lock)
+    return {stored: ModuleRow.from_values(values) for stored, values in found}
+
+
+def fetch_states(
+    using: str, student_id: int, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[dict[str, Any], datetime]]:
+    """Read the states stored under ``keys``, and when each was written (no other column)."""
+    found = _select_stored(using, student_id, keys, ("state", "modified"))
+    return {stored: (parse_state(text), modified) for stored, (text, modified) in found}
+
+
+def _select_stored(
+    using: str,
+    student_id: int,
+    keys: Iterable[tuple[str, str]],
+    columns: Sequence[str],
+    *,
+    lock: bool = False,
+) -> Iterator[tuple[tuple[str, str], list[Any]]]:
+    """Yield each row stored under ``keys`` as its key and its ``columns``."""
     wanted = set(keys)
-    found: dict[tuple[str, str], ModuleRow] = {}
     connection = connections[using]
     table = StudentModule._meta.db_table
     # One parameter per block plus the learner's id; sorted, so that lockers lock in one order.
     module_ids = sorted({module_id for module_id, _ in wanted})
     for chunk in chunked(module_ids, sql.max_query_params(connection) - 1):
-        for values in sql.select_modules(connection, table, student_id, chunk, lock=lock):
+        for module_id, course_id, *values in sql.select_modules(
+            connection, table, student_id, chunk, ("module_id", "course_id", *columns), lock=lock
+        ):
             # The statement does not filter on the course (see sql.select_modules): an old
             # i4x:// key names a block in every run of its course.
-            stored = (values[7], values[8])
-            if stored in wanted:
-                found[stored] = ModuleRow.from_values(values)
-    return found
+            if (module_id, course_id) in wanted:
+                yield (module_id, course_id), values
 
 
 # Writing user_state ------------------------------------------------------------------------

@@ -72,15 +72,14 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
             return
         # Keyed by the stored strings: hashing opaque keys costs more than reading the rows.
         by_key = {target.stored: target for target in targets}
-        rows = storage.fetch_stored_modules(storage.state_alias(), student_id, by_key)
+        states = storage.fetch_states(storage.state_alias(), student_id, by_key)
         for stored, target in by_key.items():
-            row = rows.get(stored)
-            if row is None or not row.visible:
-                continue
-            state = row.state
+            state, modified = states.get(stored, ({}, None))
+            if not state:
+                continue  # no row, or a NULL or deleted state
             if wanted is not None:
                 state = {name: value for name, value in state.items() if name in wanted}
-            yield XBlockUserState(username, target.usage_key, state, row.modified, scope)
+            yield XBlockUserState(username, target.usage_key, state, modified, scope)
 
     def get_history(
         self, username: str, block_key: UsageKey, scope: ScopeBase = Scope.user_state

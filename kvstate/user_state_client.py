@@ -99,9 +99,9 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
         entries = history.for_module(module_id)
         if not entries:
             raise self.DoesNotExist(f"{username!r} has no history for {block_key}")
-        for entry in entries:
-            state = storage.parse_state(entry.state) or None
-            yield XBlockUserState(username, block_key, state, entry.created, scope)
+        for text, created in entries:
+            state = storage.parse_state(text) or None
+            yield XBlockUserState(username, block_key, state, created, scope)
 
     def iter_all_for_block(
         self, block_key: UsageKey, scope: ScopeBase = Scope.user_state, *, using: str | None = None

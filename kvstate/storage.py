@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import CharField, ExpressionWrapper, F, Model, Q, Value
+from django.db.models import CharField, ExpressionWrapper, F, Model, Q
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
@@ -243,11 +243,6 @@ def state_alias() -> str:
 def column_text(name: str) -> ExpressionWrapper[Any]:
     """Return column ``name`` as the plain string it holds (an opaque-key field unparsed)."""
     return ExpressionWrapper(F(name), output_field=CharField())
-
-
-def as_stored(values: Iterable[str]) -> list[Value]:
-    """Return stored strings to compare a key column with, without the field re-parsing them."""
-    return [Value(value) for value in values]
 
 
 def fetch_modules(

@@ -574,16 +574,16 @@ class FieldDataCache:
             names = names_by_fields.get(id(fields))
             if names is None:
                 names = names_by_fields[id(fields)] = _names_by_scope(fields.values())
-            owners = _owners(usage_id, block.entry_point, block.scope_ids.block_type)
-            _add_fields(wanted, names, owners)
+            _add_fields(wanted, names, usage_id, block.entry_point, block.scope_ids.block_type)
             for aside_type, aside_names in asides:
                 for aside_usage in _aside_usage_keys(usage_id, aside_type):
-                    aside_owners = _owners(aside_usage, XBlockAside.entry_point, aside_type)
                     if aside_names is None:
                         # An aside type we cannot load: its user_state needs no field names.
-                        wanted[USER_STATE].setdefault(aside_owners[USER_STATE], set())
+                        owner = _owner(USER_STATE, aside_usage, XBlockAside.entry_point, aside_type)
+                        wanted[USER_STATE].setdefault(owner, set())
                     else:
-                        _add_fields(wanted, aside_names, aside_owners)
+                        family = XBlockAside.entry_point
+                        _add_fields(wanted, aside_names, aside_usage, family, aside_type)
         return wanted
 
     # Older names, kept for code written against Open edX.
@@ -728,15 +728,15 @@ def _names_by_scope(fields: Iterable[Field]) -> dict[ScopeBase, list[str]]:
     return names
 
 
-def _owners(usage_id: UsageKey, family: str, block_type: str) -> dict[ScopeBase, Any]:
-    """Return what a block's rows are stored under, per scope (see ``_ScopeCache.load``)."""
-    stored = Target.of(usage_id).stored
-    return {
-        USER_STATE: stored,
-        USER_STATE_SUMMARY: stored[0],
-        PREFERENCES: _stored_block_type(family, block_type),
-        USER_INFO: "",
-    }
+def _owner(scope: ScopeBase, usage_id: UsageKey, family: str, block_type: str) -> Any:
+    """Return what a block's rows of ``scope`` are stored under (see ``_ScopeCache.load``)."""
+    if scope is USER_STATE:
+        return Target.of(usage_id).stored  # refuses a key that does not name its run
+    if scope is USER_STATE_SUMMARY:
+        return _stored(XModuleUserStateSummaryField, "usage_id", usage_id)
+    if scope is PREFERENCES:
+        return _stored_block_type(family, block_type)
+    return ""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -748,10 +748,13 @@ def _stored_block_type(family: str, block_type: str) -> str:
 def _add_fields(
     wanted: dict[ScopeBase, dict[Any, set[str]]],
     names: Mapping[ScopeBase, Iterable[str]],
-    owners: Mapping[ScopeBase, Any],
+    usage_id: UsageKey,
+    family: str,
+    block_type: str,
 ) -> None:
     for scope, scope_names in names.items():
-        wanted[scope].setdefault(owners[scope], set()).update(scope_names)
+        owner = _owner(scope, usage_id, family, block_type)
+        wanted[scope].setdefault(owner, set()).update(scope_names)
 
 
 def _descendants(block: Any, depth: int | None) -> Iterator[Any]:

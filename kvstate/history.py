@@ -146,9 +146,13 @@ def _logged_failure(message: str, module_ids: list[int], using: str) -> Iterator
 # Reading -----------------------------------------------------------------------------------
 
 
-def for_module(module_id: int) -> list[StudentModuleHistory]:
-    """Return one module's history, newest first, in one statement."""
-    return list(StudentModuleHistory.objects.using(alias()).for_module(module_id))
+def for_module(module_id: int) -> list[tuple[str | None, datetime]]:
+    """Return one module's history as ``(state, created)``, newest first, in one statement.
+
+    Plain values, not model instances: building those cost more than the statement.
+    """
+    entries = StudentModuleHistory.objects.using(alias()).for_module(module_id)
+    return list(entries.values_list("state", "created"))
 
 
 def page_for_module(

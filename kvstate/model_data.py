@@ -131,7 +131,11 @@ class _ScopeCache:
         return self.owner.persistent
 
     def load(self, fields: Mapping[Any, set[str]]) -> None:
-        """Prefetch the rows of ``fields``: {owner key: names of this scope's fields}."""
+        """Prefetch the rows of ``fields``: {stored owner: names of this scope's fields}.
+
+        Owners are the strings their rows are stored under (:func:`_owners`), so that building
+        a cache neither parses nor hashes opaque keys.
+        """
         raise NotImplementedError
 
     def get(self, key: KvsKey) -> Any:
@@ -172,18 +176,16 @@ class UserStateCache(_ScopeCache):
         return Target.of(check_usage_key(key.block_scope_id))
 
     def load(self, fields: Mapping[Any, set[str]]) -> None:
-        targets = [Target.of(usage_key) for usage_key in fields]
-        self._load(targets)
+        self._load(fields)
 
-    def _load(self, targets: list[Target]) -> None:
+    def _load(self, keys: Iterable[tuple[str, str]]) -> None:
         # The write alias, not the read one: what is read here is merged and written back.
-        found = storage.fetch_modules(storage.state_alias(), self.owner.user_id, targets)
-        for target, row in found.items():
-            self._rows[target.stored] = row
+        using = storage.state_alias()
+        self._rows.update(storage.fetch_stored_modules(using, self.owner.user_id, keys))
 
     def _reload_unknown(self) -> None:
         if self._unknown:
-            self._load(list(self._unknown.values()))
+            self._load(list(self._unknown))
             self._unknown.clear()
 
     def _row(self, key: KvsKey) -> ModuleRow | None:
@@ -260,7 +262,7 @@ class _FieldCache(_ScopeCache):
     """A per-field scope: one row per (owner, field name), values as JSON text."""
 
     model: ClassVar[type[Model]]
-    #: The model field holding the owner (usage, block type), or None (user_info).
+    #: The model field (and column) holding the owner (usage, block type), or None (user_info).
     owner_field: ClassVar[str | None]
     owner_max_length: ClassVar[int] = 255
 
@@ -297,32 +299,39 @@ class _FieldCache(_ScopeCache):
 
     def load(self, fields: Mapping[Any, set[str]]) -> None:
         names = sorted(set().union(*fields.values()))
-        owners = sorted({self._stored_owner(owner) for owner in fields})
         if not names:
             return
         # The write alias, not the read one: a replica's stale value would be written back by
         # blocks that read, change and save (a poll's tally, a counter).
-        using = router.db_for_write(self.model)
-        reserved = len(names) + 1
-        size = max(sql.max_query_params(connections[using]) - reserved, 1)
-        for chunk in storage.chunked(owners, size):
-            query = self.model._default_manager.using(using).filter(
-                field_name__in=names, **self.row_filter()
-            )
-            columns: list[Any] = ["field_name", "value", "modified"]
-            if self.owner_field is not None:
-                # Owners compared and read as the strings stored (see storage.fetch_modules).
-                query = query.filter(**{f"{self.owner_field}__in": storage.as_stored(chunk)})
-                columns.append(storage.column_text(self.owner_field))
-            for name, text, modified, *owner in query.values_list(*columns):
-                self._values[owner[0] if owner else "", name] = (json.loads(text), modified)
+        connection = connections[router.db_for_write(self.model)]
+        table = self.model._meta.db_table
+        learner = [(column, [value]) for column, value in self.row_filter().items()]
+        if self.owner_field is None:
+            for name, text, modified in sql.select_fields(
+                connection,
+                table,
+                ("field_name", "value", "modified"),
+                [*learner, ("field_name", names)],
+            ):
+                self._values["", name] = (json.loads(text), modified)
+            return
+        # Owners compared and read as the strings stored (see storage.fetch_modules).
+        owner_column = self.owner_field
+        columns = (owner_column, "field_name", "value", "modified")
+        size = max(sql.max_query_params(connection) - len(names) - len(learner), 1)
+        for chunk in storage.chunked(sorted(fields), size):
+            conditions = [*learner, (owner_column, chunk), ("field_name", names)]
+            for owner, name, text, modified in sql.select_fields(
+                connection, table, columns, conditions
+            ):
+                self._values[owner, name] = (json.loads(text), modified)
 
     def _reload_unknown(self) -> None:
         if not self._unknown:
             return
-        fields: dict[Any, set[str]] = {}
-        for (_stored_owner, name), owner in self._unknown.items():
-            fields.setdefault(owner, set()).add(name)
+        fields: dict[str, set[str]] = {}
+        for stored_owner, name in self._unknown:
+            fields.setdefault(stored_owner, set()).add(name)
         self.load(fields)
         self._unknown.clear()
 
@@ -457,6 +466,8 @@ class UserInfoCache(_FieldCache):
         return None
 
 
+_SCOPES = (USER_STATE, USER_STATE_SUMMARY, PREFERENCES, USER_INFO)
+
 _SCOPE_CACHES: tuple[type[_ScopeCache], ...] = (
     UserStateCache,
     UserStateSummaryCache,
@@ -552,21 +563,27 @@ class FieldDataCache:
                 self.cache[scope].load(fields)
 
     def _fields_by_scope(self, blocks: list[Any]) -> dict[ScopeBase, dict[Any, set[str]]]:
-        """Return {scope: {owner: field names}} for the blocks and their asides."""
+        """Return {scope: {stored owner: field names}} for the blocks and their asides."""
         wanted: dict[ScopeBase, dict[Any, set[str]]] = {scope: {} for scope in self.cache}
-        asides = [(_aside_type(aside), _aside_fields(aside)) for aside in self.asides]
+        asides = [(_aside_type(aside), _aside_names(aside)) for aside in self.asides]
+        # Blocks of one class share their fields: sort them by scope once per class.
+        names_by_fields: dict[int, dict[ScopeBase, list[str]]] = {}
         for block in blocks:
             usage_id = block.scope_ids.usage_id
-            block_type_key = _block_type_key(block.entry_point, block.scope_ids.block_type)
-            _add_fields(wanted, block.fields.values(), usage_id, block_type_key)
-            for aside_type, aside_fields in asides:
-                aside_type_key = _block_type_key(XBlockAside.entry_point, aside_type)
+            fields = block.fields
+            names = names_by_fields.get(id(fields))
+            if names is None:
+                names = names_by_fields[id(fields)] = _names_by_scope(fields.values())
+            _add_fields(wanted, names, usage_id, block.entry_point, block.scope_ids.block_type)
+            for aside_type, aside_names in asides:
                 for aside_usage in _aside_usage_keys(usage_id, aside_type):
-                    if aside_fields is None:
+                    if aside_names is None:
                         # An aside type we cannot load: its user_state needs no field names.
-                        wanted[USER_STATE].setdefault(aside_usage, set())
+                        owner = _owner(USER_STATE, aside_usage, XBlockAside.entry_point, aside_type)
+                        wanted[USER_STATE].setdefault(owner, set())
                     else:
-                        _add_fields(wanted, aside_fields, aside_usage, aside_type_key)
+                        family = XBlockAside.entry_point
+                        _add_fields(wanted, aside_names, aside_usage, family, aside_type)
         return wanted
 
     # Older names, kept for code written against Open edX.
@@ -701,22 +718,43 @@ class FieldDataCache:
         return self.cache[scope], key
 
 
+def _names_by_scope(fields: Iterable[Field]) -> dict[ScopeBase, list[str]]:
+    """Return the names of ``fields`` per kvstate scope (fields of other scopes left out)."""
+    names: dict[ScopeBase, list[str]] = {}
+    for field in fields:
+        for scope in _SCOPES:
+            if field.scope == scope:
+                names.setdefault(scope, []).append(field.name)
+    return names
+
+
+def _owner(scope: ScopeBase, usage_id: UsageKey, family: str, block_type: str) -> Any:
+    """Return what a block's rows of ``scope`` are stored under (see ``_ScopeCache.load``)."""
+    if scope is USER_STATE:
+        return Target.of(usage_id).stored  # refuses a key that does not name its run
+    if scope is USER_STATE_SUMMARY:
+        return _stored(XModuleUserStateSummaryField, "usage_id", usage_id)
+    if scope is PREFERENCES:
+        return _stored_block_type(family, block_type)
+    return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_block_type(family: str, block_type: str) -> str:
+    """Return the preferences owner of ``block_type`` in ``family`` as its column holds it."""
+    return _stored(XModuleStudentPrefsField, "module_type", _block_type_key(family, block_type))
+
+
 def _add_fields(
     wanted: dict[ScopeBase, dict[Any, set[str]]],
-    fields: Iterable[Field],
+    names: Mapping[ScopeBase, Iterable[str]],
     usage_id: UsageKey,
-    block_type_key: BlockTypeKeyV1,
+    family: str,
+    block_type: str,
 ) -> None:
-    owners = {
-        USER_STATE: usage_id,
-        USER_STATE_SUMMARY: usage_id,
-        PREFERENCES: block_type_key,
-        USER_INFO: None,
-    }
-    for field in fields:
-        for scope, owner in owners.items():
-            if field.scope == scope:
-                wanted[scope].setdefault(owner, set()).add(field.name)
+    for scope, scope_names in names.items():
+        owner = _owner(scope, usage_id, family, block_type)
+        wanted[scope].setdefault(owner, set()).update(scope_names)
 
 
 def _descendants(block: Any, depth: int | None) -> Iterator[Any]:
@@ -746,12 +784,15 @@ def _aside_type(aside: Any) -> str:
     return aside if isinstance(aside, str) else str(aside.scope_ids.block_type)
 
 
-def _aside_fields(aside: Any) -> Iterable[Field] | None:
-    """Return an aside's fields: from the instance, or its registered class; None if unknown."""
+def _aside_names(aside: Any) -> dict[ScopeBase, list[str]] | None:
+    """Return an aside's field names per scope: from the instance, or its registered class.
+
+    ``None`` for an aside type that is not installed.
+    """
     if not isinstance(aside, str):
-        return list(aside.fields.values())
+        return _names_by_scope(aside.fields.values())
     try:
-        return list(XBlockAside.load_class(aside).fields.values())
+        return _names_by_scope(XBlockAside.load_class(aside).fields.values())
     except PluginMissingError:
         log.warning(
             "kvstate: aside type %r is not installed; prefetching its user_state only", aside

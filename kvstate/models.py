@@ -68,12 +68,14 @@ class _KeysetQuerySet(_ChunkingQuerySet[_M]):
     def after(self, order: Sequence[str], last: Sequence[Any]) -> Self:
         """Return the rows whose ``order`` columns sort after the values ``last`` (ascending).
 
-        The condition is written twice, meaning the same: as a row comparison
-        ``(a, b) > (x, y)``, which PostgreSQL turns into an index range, and as
-        ``a > x OR (a = x AND b > y)``, which MySQL/MariaDB's range optimizer reads (it does not
-        open a range for a row comparison). Each checks the other form as a cheap filter on
-        the rows its range selected, so a page costs its own rows, not those of the pages
-        before it. SQLite ranges on ``a`` only when ``b`` is the rowid, so there a page also
+        PostgreSQL gets a row comparison ``(a, b) > (x, y)``, which it turns into one index
+        range read in order. Elsewhere the condition is written twice, meaning the same: as
+        the row comparison and as ``a > x OR (a = x AND b > y)``, which MySQL/MariaDB's range
+        optimizer reads (it does not open a range for a row comparison); each checks the other
+        form as a cheap filter on the rows its range selected, so a page costs its own rows,
+        not those of the pages before it. (Given both forms, PostgreSQL may OR two bitmap
+        scans of what remains of the course and sort it: every page then reads all the rows
+        after it.) SQLite ranges on ``a`` only when ``b`` is the rowid, so there a page also
         skips the earlier rows that share its ``a``.
         """
         return self._beyond(order, last, "gt")
@@ -92,6 +94,8 @@ class _KeysetQuerySet(_ChunkingQuerySet[_M]):
             expanded = Q(**{f"{name}__{lookup}": value}) | (Q(**{name: value}) & expanded)
         compare = GreaterThan if lookup == "gt" else LessThan
         row = compare(_Row(*(F(name) for name in order)), _Row(*map(Value, last)))
+        if sql.ranges_row_comparisons(connections[self.db]):
+            return self.filter(row)
         return self.filter(row, expanded)
 
 

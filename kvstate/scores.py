@@ -58,19 +58,18 @@ class ScoresClient:
         Read from the alias writes go to (SPEC §10): grading writes what it computes from
         these, so a lagging replica must not answer.
         """
-        wanted = sorted({self._stored(location) for location in locations})
-        using = storage.state_alias()
-        # The learner and the course take one parameter each.
-        size = sql.max_query_params(connections[using]) - 2
-        for chunk in storage.chunked(wanted, size):
-            rows = StudentModule.objects.using(using).filter(
-                student_id=self.user_id,
-                course_id=self.course_key,
-                module_state_key__in=storage.as_stored(chunk),
-            )
-            columns = (storage.column_text("module_state_key"), "grade", "max_grade", "created")
-            for module_id, grade, max_grade, created in rows.values_list(*columns):
-                self._scores[module_id] = _Score(grade, max_grade, created)
+        wanted = {self._row_key(location) for location in locations}
+        connection = connections[storage.state_alias()]
+        table = StudentModule._meta.db_table
+        columns = ("module_id", "course_id", "grade", "max_grade", "created")
+        # The course is matched here (see sql.select_modules). The learner takes one parameter.
+        module_ids = sorted({module_id for module_id, _ in wanted})
+        for chunk in storage.chunked(module_ids, sql.max_query_params(connection) - 1):
+            for module_id, course_id, grade, max_grade, created in sql.select_modules(
+                connection, table, self.user_id, chunk, columns
+            ):
+                if (module_id, course_id) in wanted:
+                    self._scores[module_id] = _Score(grade, max_grade, created)
         self._has_fetched = True
 
     def get(self, location: UsageKey) -> _Score | None:
@@ -96,4 +95,8 @@ class ScoresClient:
 
     def _stored(self, location: UsageKey) -> str:
         """Return ``location`` as the module_id column holds it (branch and version stripped)."""
-        return storage.row_key(check_usage_key(location), self.course_key)[0]
+        return self._row_key(location)[0]
+
+    def _row_key(self, location: UsageKey) -> tuple[str, str]:
+        """Return the ``(module_id, course_id)`` strings of ``location``'s row in this course."""
+        return storage.row_key(check_usage_key(location), self.course_key)

@@ -6,8 +6,9 @@ Everything else in kvstate is portable ORM code. Each function picks its SQL by
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -108,6 +109,139 @@ def max_query_params(connection: BaseDatabaseWrapper) -> int:
         connection.ensure_connection()
         return int(connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
     return connection.features.max_query_params or _WIRE_PARAM_LIMIT
+
+
+# Reading (the request path) ----------------------------------------------------------------
+#
+# Plain statements, their text built once per shape: compiling an ORM query per call costs more
+# than the database spends answering it on these paths. Key columns are read as the strings they
+# hold (no opaque-key parsing), and datetimes are converted as Django converts them.
+
+
+def select_modules(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    student_id: int,
+    module_ids: Sequence[str],
+    columns: Sequence[str],
+    *,
+    lock: bool = False,
+) -> list[tuple[Any, ...]]:
+    """Return ``columns`` of one learner's rows for ``module_ids``, in any course.
+
+    The condition is the unique key's leading columns (learner, block), never the course: with
+    the course in it a planner may pick the course index and read the whole course, which it
+    does for a course newer than its statistics. The caller matches the course. On PostgreSQL
+    each block is a probe of its own (``LATERAL``), so no estimate can turn the probes into a
+    range over all of the learner's rows, or over the block's rows of every learner.
+    ``lock``: ``FOR UPDATE`` where the database has it.
+    """
+    lock = lock and connection.features.has_select_for_update
+    shape = (connection.ops.quote_name, table, tuple(columns), lock)
+    if connection.vendor == "postgresql":
+        statement = _probe_modules_sql(*shape)
+        params: list[Any] = [list(module_ids), student_id]
+    else:
+        statement = _select_modules_sql(*shape, len(module_ids))
+        params = [student_id, *module_ids]
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return _convert_datetimes(connection, columns, rows)
+
+
+def select_fields(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    columns: Sequence[str],
+    conditions: Sequence[tuple[str, Sequence[Any]]],
+) -> list[tuple[Any, ...]]:
+    """Return ``columns`` of the rows of ``table`` whose columns hold one of the values given.
+
+    ``conditions`` pairs a column with its values: ``column IN (values)``, all of them ANDed.
+    """
+    shape = tuple((column, len(values)) for column, values in conditions)
+    statement = _select_fields_sql(connection.ops.quote_name, table, tuple(columns), shape)
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [value for _column, values in conditions for value in values])
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return _convert_datetimes(connection, columns, rows)
+
+
+def _convert_datetimes(
+    connection: BaseDatabaseWrapper, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Return ``rows`` with their ``created``/``modified`` values as Django reads them."""
+    convert = _datetime_converter(connection)
+    at = [n for n, column in enumerate(columns) if column in {"created", "modified"}]
+    if convert is None or not at:
+        return rows
+    converted = []
+    for row in rows:
+        values = list(row)
+        for n in at:
+            values[n] = convert(values[n])
+        converted.append(tuple(values))
+    return converted
+
+
+def _datetime_converter(connection: BaseDatabaseWrapper) -> Callable[[Any], datetime] | None:
+    """Return what turns a datetime column's raw value into Django's (``None``: nothing to do).
+
+    psycopg already returns aware datetimes in the connection's zone; MySQLdb returns naive
+    ones and SQLite strings or naive ones, which Django's converters make aware.
+    """
+    if connection.vendor == "postgresql":
+        return None
+    convert = connection.ops.convert_datetimefield_value  # type: ignore[attr-defined]
+    return lambda value: convert(value, None, connection)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe_modules_sql(
+    quote: Callable[[str], str], table: str, columns: tuple[str, ...], lock: bool
+) -> str:
+    # OFFSET 0 keeps the planner from flattening the probe into one join over the learner's
+    # rows; each probe is then one descent of the unique index on (student_id, module_id, ...).
+    return (
+        f"SELECT sm.* FROM unnest(%s::text[]) AS k(m) CROSS JOIN LATERAL ("
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
+        f"WHERE {quote('student_id')} = %s AND {quote('module_id')} = k.m "
+        f"OFFSET 0{' FOR UPDATE' if lock else ''}) AS sm"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _select_modules_sql(
+    quote: Callable[[str], str], table: str, columns: tuple[str, ...], lock: bool, count: int
+) -> str:
+    return (
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
+        f"WHERE {quote('student_id')} = %s "
+        f"AND {quote('module_id')} IN ({', '.join(['%s'] * count)})"
+        f"{' FOR UPDATE' if lock else ''}"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _select_fields_sql(
+    quote: Callable[[str], str],
+    table: str,
+    columns: tuple[str, ...],
+    shape: tuple[tuple[str, int], ...],
+) -> str:
+    where = " AND ".join(
+        f"{quote(column)} IN ({', '.join(['%s'] * count)})" for column, count in shape
+    )
+    return f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} WHERE {where}"
+
+
+def ranges_row_comparisons(connection: BaseDatabaseWrapper) -> bool:
+    """Return whether the planner reads ``(a, b) > (x, y)`` as one range of an index on (a, b).
+
+    PostgreSQL does; MySQL/MariaDB need the ``a > x OR (a = x AND b > y)`` form besides.
+    """
+    return connection.vendor == "postgresql"
 
 
 # Writing StudentModule rows ----------------------------------------------------------------

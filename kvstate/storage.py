@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import CharField, ExpressionWrapper, F, Model, Q, Value
+from django.db.models import CharField, ExpressionWrapper, F, Model, Q
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
@@ -52,6 +52,7 @@ MAX_SWAP_ROUNDS = 50
 CONFLICT_PAUSE_BASE = 0.005
 CONFLICT_PAUSE_CAP = 0.25
 
+#: What kvstate reads of a ``StudentModule`` row (:meth:`ModuleRow.from_values`).
 _MODULE_COLUMNS = (
     "id",
     "module_type",
@@ -143,7 +144,7 @@ class ModuleRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
-        """Build from a ``values_list(*_MODULE_COLUMNS, ...)`` tuple."""
+        """Build from the values of ``_MODULE_COLUMNS``, in that order."""
         row_id, module_type, text, grade, max_grade, created, modified = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
@@ -244,11 +245,6 @@ def column_text(name: str) -> ExpressionWrapper[Any]:
     return ExpressionWrapper(F(name), output_field=CharField())
 
 
-def as_stored(values: Iterable[str]) -> list[Value]:
-    """Return stored strings to compare a key column with, without the field re-parsing them."""
-    return [Value(value) for value in values]
-
-
 def fetch_modules(
     using: str,
     student_id: int,
@@ -262,27 +258,57 @@ def fetch_modules(
     under REPEATABLE READ, and holds them until the transaction ends.
     """
     by_key = {t.stored: t for t in targets}
-    found: dict[Target, ModuleRow] = {}
+    return {
+        by_key[stored]: row
+        for stored, row in fetch_stored_modules(using, student_id, by_key, lock=lock).items()
+    }
+
+
+def fetch_stored_modules(
+    using: str,
+    student_id: int,
+    keys: Iterable[tuple[str, str]],
+    *,
+    lock: bool = False,
+) -> dict[tuple[str, str], ModuleRow]:
+    """Read the rows stored under ``keys``, ``(module_id, course_id)`` strings (see ``row_key``).
+
+    What :func:`fetch_modules` does for callers that already hold the stored strings.
+    """
+    found = _select_stored(using, student_id, keys, _MODULE_COLUMNS, lock=lock)
+    return {stored: ModuleRow.from_values(values) for stored, values in found}
+
+
+def fetch_states(
+    using: str, student_id: int, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[dict[str, Any], datetime]]:
+    """Read the states stored under ``keys``, and when each was written (no other column)."""
+    found = _select_stored(using, student_id, keys, ("state", "modified"))
+    return {stored: (parse_state(text), modified) for stored, (text, modified) in found}
+
+
+def _select_stored(
+    using: str,
+    student_id: int,
+    keys: Iterable[tuple[str, str]],
+    columns: Sequence[str],
+    *,
+    lock: bool = False,
+) -> Iterator[tuple[tuple[str, str], list[Any]]]:
+    """Yield each row stored under ``keys`` as its key and its ``columns``."""
+    wanted = set(keys)
     connection = connections[using]
-    # Two values per row (module_id, course_id) plus the learner's id.
-    size = (sql.max_query_params(connection) - 1) // 2
-    for chunk in chunked(sorted(by_key), size):
-        # Compare and read the key columns as the plain strings they hold: parsing thousands
-        # of opaque keys back and forth would cost more than the query.
-        query = StudentModule.objects.using(using).filter(
-            student_id=student_id,
-            module_state_key__in=as_stored({module_id for module_id, _ in chunk}),
-            course_id__in=as_stored({course_id for _, course_id in chunk}),
-        )
-        if lock and connection.features.has_select_for_update:
-            query = query.select_for_update()
-        for values in query.values_list(
-            *_MODULE_COLUMNS, column_text("module_state_key"), column_text("course_id")
+    table = StudentModule._meta.db_table
+    # One parameter per block plus the learner's id; sorted, so that lockers lock in one order.
+    module_ids = sorted({module_id for module_id, _ in wanted})
+    for chunk in chunked(module_ids, sql.max_query_params(connection) - 1):
+        for module_id, course_id, *values in sql.select_modules(
+            connection, table, student_id, chunk, ("module_id", "course_id", *columns), lock=lock
         ):
-            target = by_key.get(values[-2:])
-            if target is not None:
-                found[target] = ModuleRow.from_values(values)
-    return found
+            # The statement does not filter on the course (see sql.select_modules): an old
+            # i4x:// key names a block in every run of its course.
+            if (module_id, course_id) in wanted:
+                yield (module_id, course_id), values
 
 
 # Writing user_state ------------------------------------------------------------------------

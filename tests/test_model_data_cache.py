@@ -424,13 +424,13 @@ class TestParameterLimits(TestCase):
 
     def test_chunks_under_a_lower_limit(self) -> None:
         blocks = self.store_blocks(25)
-        # With 11 parameters a statement: user_state takes 2 per block plus the learner, so
-        # 5 blocks a statement -> 5 statements; user_state_summary takes 1 per block plus its
-        # one field name, 9 a statement -> 3; preferences (one block type) and user_info
-        # (no owner) 1 each. 5 + 3 + 1 + 1 = 10.
+        # With 11 parameters a statement: user_state takes 1 per block (its id; the course is
+        # matched in Python) plus the learner, so 10 blocks a statement -> 3 statements;
+        # user_state_summary takes 1 per block plus its one field name, 10 a statement -> 3;
+        # preferences (one block type) and user_info (no owner) 1 each. 3 + 3 + 1 + 1 = 8.
         with (
             mock.patch("kvstate.sql.max_query_params", return_value=11),
-            self.assertNumQueries(10, using="default"),
+            self.assertNumQueries(8, using="default"),
         ):
             cache = FieldDataCache(blocks, COURSE_KEY, self.user)
         self.assert_all_cached(cache, blocks)

@@ -28,10 +28,10 @@ from kvstate.model_data import (
     get_score,
     set_score,
 )
-from kvstate.models import StudentModule, StudentModuleHistory
+from kvstate.models import StudentModule, StudentModuleHistory, XModuleUserStateSummaryField
 from kvstate.testing.factories import UserFactory
 from kvstate.user_state_client import DjangoXBlockUserStateClient
-from tests.blocks import block, key, no_queries
+from tests.blocks import block, block_class, key, no_queries
 
 FALL = CourseLocator("edX", "Old", "2012_Fall", deprecated=True)
 SPRING = CourseLocator("edX", "Old", "2013_Spring", deprecated=True)
@@ -173,6 +173,14 @@ class OldKeysTests(OldKeysTestCase):
         for call in calls:
             with no_queries(self), pytest.raises(ValueError, match="map_into_course"):
                 call()
+
+    def test_a_key_without_its_run_still_names_its_shared_fields(self) -> None:
+        # user_state_summary rows are keyed by the usage key alone: no run needed, as in Open
+        # edX. Only user_state asks for the run.
+        XModuleUserStateSummaryField.objects.create(usage_id=P1_NO_RUN, field_name="t", value="3")
+        summary_only = block(P1_NO_RUN, self.user.pk, block_class(Scope.user_state_summary, "t"))
+        cache = FieldDataCache([summary_only], FALL, self.user)
+        assert cache.get(key(summary_only, "t")) == 3
 
     def test_scores(self) -> None:
         with self.committed():

@@ -393,7 +393,13 @@ def _merge(
     changes: Mapping[Target, StateChange],
     known: dict[Target, ModuleRow],
 ) -> dict[Target, ModuleRow]:
-    """Insert the missing rows, swap the present ones, and merge again where a race was lost."""
+    """Insert the missing rows, swap the present ones, and merge again where a race was lost.
+
+    The first swap is optimistic: no lock, one statement. A row whose swap was lost is read
+    again with a lock (``SELECT ... FOR UPDATE``) inside a transaction, so its next swap cannot
+    miss: under contention the losers queue on the row lock instead of re-reading and racing
+    again, where every round one writer would win and all the others retry.
+    """
     connection = connections[using]
     done: dict[Target, ModuleRow] = {}
     todo = dict(sorted(changes.items(), key=lambda item: item[0].stored))
@@ -408,6 +414,7 @@ def _merge(
         # Every text of the round is built (and size-checked) before its first statement.
         inserts = {t: dump_state(c.apply({})) for t, c in todo.items() if t not in known}
         swaps = {t: dump_state(c.apply(known[t].state)) for t, c in todo.items() if t in known}
+        stale: list[Target] = []
         if inserts:
             created = _insert(connection, student_id, inserts, now)
             done.update(created)
@@ -417,7 +424,7 @@ def _merge(
                 stats.add("inserts_lost", len(lost))
                 known.update(fetch_modules(using, student_id, lost, lock=_lock_reads(using)))
         if swaps:
-            swapped = _swap(connection, student_id, swaps, known, now)
+            swapped, stale = _swap(connection, student_id, swaps, known, now)
             done.update(swapped)
             if len(swapped) < len(swaps):
                 stats.add("swaps_lost")
@@ -429,10 +436,34 @@ def _merge(
         todo = {t: c for t, c in todo.items() if t not in done}
         if not todo:
             return done
+        if not connection.in_atomic_block:
+            table = StudentModule._meta.db_table
+            with sql.read_then_write(connection, table), transaction.atomic(using, savepoint=False):
+                _lock_rows(connection, stale, known)
+                return done | _merge(using, student_id, todo, known)
+        _lock_rows(connection, stale, known)
     raise DatabaseError(
         f"kvstate gave up writing user state after {MAX_SWAP_ROUNDS} lost compare-and-swap "
         "rounds (extreme write contention on one row)"
     )
+
+
+def _lock_rows(connection: Any, targets: Sequence[Target], known: dict[Target, ModuleRow]) -> None:
+    """Read ``targets``' rows again, locked until the commit, into ``known``."""
+    if not targets:
+        return
+    table = StudentModule._meta.db_table
+    found = sql.lock_module_states(connection, table, [known[t].id for t in targets])  # type: ignore[misc]
+    for target in targets:
+        row = known[target]
+        values = found.get(row.id)  # type: ignore[arg-type]
+        if values is None:
+            del known[target]  # deleted meanwhile: create it again
+            continue
+        text, grade, max_grade = values
+        known[target] = replace(
+            row, state_text=text, grade=grade, max_grade=max_grade, state=parse_state(text)
+        )
 
 
 def _insert(
@@ -479,8 +510,12 @@ def _swap(
     texts: Mapping[Target, str],
     known: dict[Target, ModuleRow],
     now: datetime,
-) -> dict[Target, ModuleRow]:
-    """Compare-and-swap the rows of ``texts``; return those swapped, refresh ``known`` else."""
+) -> tuple[dict[Target, ModuleRow], list[Target]]:
+    """Compare-and-swap the rows of ``texts``; return those swapped and those ``known`` has stale.
+
+    When some but not all rows matched, re-read them all to tell which (ours hold our text and
+    our timestamp) and refresh ``known`` with the others; when none matched, all are stale.
+    """
     table = StudentModule._meta.db_table
     targets = list(texts)
     swaps = [(known[t].id, known[t].state_text, texts[t]) for t in targets]
@@ -488,9 +523,9 @@ def _swap(
     for chunk in chunked(swaps, sql.max_query_params(connection) // sql.SWAP_PARAMS - 1):
         matched += sql.compare_and_swap_states(connection, table, chunk, now)  # type: ignore[arg-type]
     if matched == len(swaps):
-        return {t: known[t].with_state(texts[t], now) for t in targets}
-    # Some rows changed since they were read. Re-read them all: ours now hold our text and
-    # our timestamp; the others are merged again in the next round.
+        return {t: known[t].with_state(texts[t], now) for t in targets}, []
+    if matched == 0:
+        return {}, targets
     swapped = {}
     fresh = fetch_modules(connection.alias, student_id, targets, lock=_lock_reads(connection.alias))
     for target in targets:
@@ -501,7 +536,7 @@ def _swap(
             swapped[target] = row
         else:
             known[target] = row
-    return swapped
+    return swapped, []
 
 
 def _created_by_us(

@@ -189,16 +189,9 @@ def compare_and_swap_states(
     state_col, id_col = qn("state"), qn("id")
     if len(swaps) == 1:
         # One row: the statement's text is the same for every row, so the driver parses it once.
-        [(row_id, old, new)] = swaps
-        where_params: list[Any] = [row_id]
-        if old is None:
-            where = f"{id_col} = %s AND {state_col} IS NULL"
-        else:
-            where = f"{id_col} = %s AND {binary_equals(connection, state_col)}"
-            where_params.append(old)
-        sql = f"UPDATE {qn(table)} SET {state_col} = %s, {qn('modified')} = %s WHERE {where}"
+        sql, params = _swap_one(connection, table, swaps[0], modified)
         with connection.cursor() as cursor:
-            cursor.execute(sql, [new, _adapt(connection, modified), *where_params])
+            cursor.execute(sql, params)
             return int(cursor.rowcount)
     # Several rows: each id selects its texts in a CASE. The ids are integers the database
     # gave us, written out: two placeholders a row instead of four, which the driver (psycopg
@@ -224,6 +217,24 @@ def compare_and_swap_states(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
+
+
+def _swap_one(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    swap: tuple[int, str | None, str],
+    modified: datetime,
+) -> tuple[str, list[Any]]:
+    """Return the UPDATE (and its parameters) that compare-and-swaps one row."""
+    qn = connection.ops.quote_name
+    state_col = qn("state")
+    row_id, old, new = swap
+    sql = (
+        f"UPDATE {qn(table)} SET {state_col} = %s, {qn('modified')} = %s WHERE {qn('id')} = %s "
+        f"AND " + (f"{state_col} IS NULL" if old is None else binary_equals(connection, state_col))
+    )
+    params = [new, _adapt(connection, modified), row_id]
+    return sql, params if old is None else [*params, old]
 
 
 def _case_by_id(id_col: str, ids: Sequence[int]) -> str:
@@ -269,6 +280,14 @@ def insert_rows(
     ``bulk_create`` would wrap the statement in a transaction of its own, which in autocommit
     mode costs two more round trips (BEGIN, COMMIT) for what one statement does atomically.
     """
+    table, fields, rows, suffix = _insert_parts(connection, objs, update_on_conflict)
+    insert_values(connection, table, [str(f.column) for f in fields], rows, suffix)
+
+
+def _insert_parts(
+    connection: BaseDatabaseWrapper, objs: Sequence[Model], update_on_conflict: Sequence[str]
+) -> tuple[str, list[Any], list[list[Any]], str]:
+    """Return the table, fields, rows of values and ON CONFLICT clause that insert ``objs``."""
     meta = type(objs[0])._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     suffix = ""
@@ -283,7 +302,46 @@ def insert_rows(
     rows = [
         [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for f in fields] for obj in objs
     ]
-    insert_values(connection, meta.db_table, [str(f.column) for f in fields], rows, suffix)
+    return meta.db_table, fields, rows, suffix
+
+
+def swaps_with_upserts(connection: BaseDatabaseWrapper) -> bool:
+    """Return whether :func:`swap_state_and_upsert` works here (writable CTEs: PostgreSQL)."""
+    return connection.vendor == "postgresql"
+
+
+def swap_state_and_upsert(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    swap: tuple[int, str | None, str],
+    modified: datetime,
+    upserts: Sequence[Sequence[Model]],
+    update_on_conflict: Sequence[str],
+) -> bool:
+    """Compare-and-swap one row's state and upsert rows of other tables, all or none.
+
+    One statement, atomic by itself: the swap (as :func:`compare_and_swap_states`) and, when
+    it matched, each group of ``upserts`` (one model a group, ``update_on_conflict`` updated
+    on a unique-key conflict), in a writable CTE. Returns whether the swap matched; when it
+    did not, nothing was written. Only where :func:`swaps_with_upserts` says so.
+    """
+    qn = connection.ops.quote_name
+    swapped, params = _swap_one(connection, table, swap, modified)
+    parts = [f"swapped AS ({swapped} RETURNING 1)"]
+    for n, objs in enumerate(upserts):
+        other, fields, rows, suffix = _insert_parts(connection, objs, update_on_conflict)
+        # Typed values: VALUES in a SELECT does not take its types from the target columns.
+        row_sql = "(" + ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields) + ")"
+        columns = ", ".join(qn(str(f.column)) for f in fields)
+        parts.append(
+            f"upsert_{n} AS (INSERT INTO {qn(other)} ({columns}) SELECT * FROM "
+            f"(VALUES {', '.join([row_sql] * len(rows))}) AS v "
+            f"WHERE EXISTS (SELECT 1 FROM swapped){suffix})"
+        )
+        params += [_adapt(connection, value) for row in rows for value in row]
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM swapped", params)
+        return bool(cursor.fetchone()[0])
 
 
 def insert_values(

@@ -561,6 +561,61 @@ def _lock_reads(using: str) -> bool:
     return connections[using].in_atomic_block
 
 
+def write_state_and_fields(
+    student_id: int,
+    target: Target,
+    change: StateChange,
+    row: ModuleRow,
+    fields: Sequence[tuple[type[Model], Sequence[Model]]],
+) -> ModuleRow | None:
+    """Apply ``change`` to one existing row and upsert per-field rows in one statement.
+
+    All or nothing, without a transaction (BEGIN and COMMIT would be two of the write's three
+    round trips): the per-field rows (``fields``: each model with its objects) are written only
+    if the swap matches. Returns the row as written, then history and ``state_changed`` follow
+    as in :func:`write_user_states`. Returns ``None``, having written nothing, when the swap
+    lost a race, or where one statement cannot do it (the database, a caller's transaction,
+    other aliases, history in the same transaction): the caller then writes in a transaction.
+    """
+    using = state_alias()
+    connection = connections[using]
+    recorded = history.records(target.module_type)
+    if (
+        not sql.swaps_with_upserts(connection)
+        or connection.in_atomic_block
+        or (recorded and history.alias() == using)
+        or any(router.db_for_write(model) != using for model, _objs in fields)
+    ):
+        return None
+    text = dump_state(change.apply(row.state))
+    table = StudentModule._meta.db_table
+    swap = (row.id, row.state_text, text)
+    upserts = [_in_key_order(model, objs) for model, objs in fields]
+
+    def attempt() -> ModuleRow | None:
+        with committing(using, atomic=False):
+            now = timezone.now()
+            if not sql.swap_state_and_upsert(
+                connection,
+                table,
+                swap,  # type: ignore[arg-type]  # rows kvstate read have an id
+                now,
+                upserts,
+                PER_FIELD_UPDATED,
+            ):
+                return None
+        return row.with_state(text, now)
+
+    written = retrying_conflicts(using, attempt)
+    if written is None:
+        stats.add("swaps_lost")
+        return None
+    if recorded:
+        history.record([written], state_using=using)
+    signals.send_state_changed(student_id, [target.usage_key], using)
+    return written
+
+
 # Scores ------------------------------------------------------------------------------------
 
 
@@ -620,6 +675,9 @@ def write_score(
 
 # Per-field scopes --------------------------------------------------------------------------
 
+#: What an upsert of a per-field row changes when the row exists.
+PER_FIELD_UPDATED = ("value", "modified")
+
 
 def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None:
     """Insert or update per-field rows in one statement.
@@ -632,11 +690,10 @@ def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None
     if not objs:
         return
     connection = connections[using]
-    unique = _unique_attnames(model)
-    ordered = sorted(objs, key=lambda obj: tuple(str(getattr(obj, name)) for name in unique))
+    ordered = _in_key_order(model, objs)
 
     def upsert() -> None:
-        sql.insert_rows(connection, ordered, update_on_conflict=["value", "modified"])
+        sql.insert_rows(connection, ordered, update_on_conflict=PER_FIELD_UPDATED)
 
     _retrying_unless_atomic(using, upsert)
 
@@ -652,9 +709,11 @@ def delete_fields(using: str, model: type[Model], condition: Q) -> None:
     _retrying_unless_atomic(using, delete)
 
 
-def _unique_attnames(model: type[Model]) -> list[str]:
+def _in_key_order(model: type[Model], objs: Sequence[Model]) -> list[Model]:
+    # Two writers lock the rows they share in the same order.
     unique = next(c for c in model._meta.constraints if hasattr(c, "fields"))
-    return [model._meta.get_field(name).attname for name in unique.fields]  # type: ignore[union-attr]
+    names = [model._meta.get_field(name).attname for name in unique.fields]  # type: ignore[union-attr]
+    return sorted(objs, key=lambda obj: tuple(str(getattr(obj, name)) for name in names))
 
 
 def _retrying_unless_atomic(using: str, fn: Callable[[], None]) -> None:

@@ -1,13 +1,16 @@
 """The write engine shared by ``FieldDataCache``, ``DjangoXBlockUserStateClient`` and ``set_score``.
 
-user_state rows are written lock-free and losslessly. A missing row is created with
-insert-or-ignore; an existing one is updated with a compare-and-swap on the exact text that was
-read (``UPDATE ... WHERE id = %s AND state = <what we read>``). When a swap misses, another
-writer got there first: re-read, re-merge in Python, swap again. The stored text is always
-exactly what Python's ``json`` wrote, so every JSON value round-trips (SPEC §3), which the
-databases' own JSON functions do not guarantee.
+user_state rows are written losslessly, without a lock unless a race was lost. A missing row
+is created with insert-or-ignore; an existing one is updated with a compare-and-swap on the
+exact text that was read (``UPDATE ... WHERE id = %s AND state = <what we read>``). When a swap
+misses, another writer got there first: re-read the row locked (``SELECT ... FOR UPDATE``, in
+a transaction), re-merge in Python, swap again, so the losers of a race queue on the row
+instead of racing again in a herd. The stored text is always exactly what Python's ``json``
+wrote, so every JSON value round-trips (SPEC §3), which the databases' own JSON functions do
+not guarantee.
 
-Per-field rows (summary, preferences, info) are upserted or deleted in one statement per scope.
+Per-field rows (summary, preferences, info) are upserted or deleted in one statement per scope;
+on PostgreSQL one statement also writes one block's user_state with them.
 """
 
 from __future__ import annotations

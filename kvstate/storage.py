@@ -590,6 +590,7 @@ def write_state_and_fields(
         or any(router.db_for_write(model) != using for model, _objs in fields)
     ):
         return None
+    target.check()
     text = dump_state(change.apply(row.state))
     table = StudentModule._meta.db_table
     swap = (row.id, row.state_text, text)

@@ -578,16 +578,20 @@ def write_state_and_fields(
     if the swap matches. Returns the row as written, then history and ``state_changed`` follow
     as in :func:`write_user_states`. Returns ``None``, having written nothing, when the swap
     lost a race, or where one statement cannot do it (the database, a caller's transaction,
-    other aliases, history in the same transaction): the caller then writes in a transaction.
+    other aliases, history in the same transaction, more values than one statement may carry):
+    the caller then writes in a transaction.
     """
     using = state_alias()
     connection = connections[using]
     recorded = history.records(target.module_type)
+    # The swap's four parameters, and a value per column of each per-field row.
+    values = 4 + sum(len(objs) * len(model._meta.concrete_fields) for model, objs in fields)
     if (
         not sql.swaps_with_upserts(connection)
         or connection.in_atomic_block
         or (recorded and history.alias() == using)
         or any(router.db_for_write(model) != using for model, _objs in fields)
+        or values > sql.max_query_params(connection)
     ):
         return None
     target.check()

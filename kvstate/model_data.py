@@ -116,6 +116,37 @@ class _Write:
     run: Callable[[], Any]
     remember: Callable[[Any], None]
     forget: Callable[[], None]
+    #: What a write of one existing user_state row changes: ``(target, change, row)``.
+    state: tuple[Target, StateChange, ModuleRow] | None = None
+    #: What an upsert of per-field rows writes: the model, and a function that returns new
+    #: objects by cache key (new on every call: a retry must not reuse a failed attempt's).
+    upsert: tuple[type[Model], Callable[[], dict[tuple[str, str], Model]]] | None = None
+
+
+def _modified(objs: Mapping[tuple[str, str], Model]) -> dict[tuple[str, str], datetime]:
+    """Return when each per-field row of ``objs`` (by cache key) was written."""
+    return {cache_key: obj.modified for cache_key, obj in objs.items()}  # type: ignore[attr-defined]
+
+
+def _in_one_statement(user_id: int, writes: list[_Write]) -> list[Any] | None:
+    """Run ``writes`` as one statement if they are one block's user_state and per-field values.
+
+    Returns their results, or ``None`` having written nothing (another shape of write, a
+    database without the statement, a lost race): the caller then runs them in a transaction.
+    """
+    first, *rest = writes
+    if first.state is None or any(write.upsert is None for write in rest):
+        return None
+    upserts = [write.upsert for write in rest if write.upsert is not None]
+    objects = [new_objects() for _model, new_objects in upserts]
+    target, change, row = first.state
+    fields = [
+        (model, list(objs.values())) for (model, _new), objs in zip(upserts, objects, strict=True)
+    ]
+    written = storage.write_state_and_fields(user_id, target, change, row, fields)
+    if written is None:
+        return None
+    return [{target: written}, *(_modified(objs) for objs in objects)]
 
 
 class _ScopeCache:
@@ -255,7 +286,12 @@ class UserStateCache(_ScopeCache):
                 self._rows.pop(target.stored, None)
                 self._unknown[target.stored] = target
 
-        return _Write(run, remember, forget)
+        state = None
+        if self.persistent and len(changes) == 1:
+            [(target, change)] = changes.items()
+            if target in known:
+                state = (target, change, known[target])
+        return _Write(run, remember, forget, state=state)
 
 
 class _FieldCache(_ScopeCache):
@@ -376,20 +412,24 @@ class _FieldCache(_ScopeCache):
             values[cache_key] = json.loads(text)
             owners[cache_key] = owner
 
+        def objects() -> dict[tuple[str, str], Model]:
+            # New instances on every run: a retried transaction must not reuse ids that the
+            # rolled-back attempt was given.
+            return {cache_key: self.model(**fields) for cache_key, fields in rows.items()}
+
         def run() -> dict[tuple[str, str], datetime]:
             if not self.persistent:
                 return dict.fromkeys(rows, timezone.now())
-            # New instances on every run: a retried transaction must not reuse ids that the
-            # rolled-back attempt was given.
-            objs = {cache_key: self.model(**fields) for cache_key, fields in rows.items()}
+            objs = objects()
             storage.upsert_fields(router.db_for_write(self.model), self.model, list(objs.values()))
-            return {k: obj.modified for k, obj in objs.items()}  # type: ignore[attr-defined]
+            return _modified(objs)
 
         def remember(modified: dict[tuple[str, str], datetime]) -> None:
             for cache_key, when in modified.items():
                 self._values[cache_key] = (values[cache_key], when)
 
-        return _Write(run, remember, lambda: self._forget(owners))
+        upsert = (self.model, objects) if self.persistent else None
+        return _Write(run, remember, lambda: self._forget(owners), upsert=upsert)
 
     def plan_delete(self, key: KvsKey) -> _Write:
         cache_key = self._fresh_key(key)
@@ -687,6 +727,9 @@ class FieldDataCache:
 
     def _run_writes(self, writes: list[_Write]) -> list[Any]:
         if len(writes) > 1 and self.persistent:
+            written = _in_one_statement(self.user_id, writes)
+            if written is not None:
+                return written
             # Several scopes: one transaction. It joins the caller's transaction if there is
             # one, as Django's own multi-statement writes do; else kvstate owns it and retries
             # it whole after a deadlock, like a single-scope write.

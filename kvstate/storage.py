@@ -1,13 +1,16 @@
 """The write engine shared by ``FieldDataCache``, ``DjangoXBlockUserStateClient`` and ``set_score``.
 
-user_state rows are written lock-free and losslessly. A missing row is created with
-insert-or-ignore; an existing one is updated with a compare-and-swap on the exact text that was
-read (``UPDATE ... WHERE id = %s AND state = <what we read>``). When a swap misses, another
-writer got there first: re-read, re-merge in Python, swap again. The stored text is always
-exactly what Python's ``json`` wrote, so every JSON value round-trips (SPEC §3), which the
-databases' own JSON functions do not guarantee.
+user_state rows are written losslessly, without a lock unless a race was lost. A missing row
+is created with insert-or-ignore; an existing one is updated with a compare-and-swap on the
+exact text that was read (``UPDATE ... WHERE id = %s AND state = <what we read>``). When a swap
+misses, another writer got there first: re-read the row locked (``SELECT ... FOR UPDATE``, in
+a transaction), re-merge in Python, swap again, so the losers of a race queue on the row
+instead of racing again in a herd. The stored text is always exactly what Python's ``json``
+wrote, so every JSON value round-trips (SPEC §3), which the databases' own JSON functions do
+not guarantee.
 
-Per-field rows (summary, preferences, info) are upserted or deleted in one statement per scope.
+Per-field rows (summary, preferences, info) are upserted or deleted in one statement per scope;
+on PostgreSQL one statement also writes one block's user_state with them.
 """
 
 from __future__ import annotations
@@ -419,7 +422,13 @@ def _merge(
     changes: Mapping[Target, StateChange],
     known: dict[Target, ModuleRow],
 ) -> dict[Target, ModuleRow]:
-    """Insert the missing rows, swap the present ones, and merge again where a race was lost."""
+    """Insert the missing rows, swap the present ones, and merge again where a race was lost.
+
+    The first swap is optimistic: no lock, one statement. A row whose swap was lost is read
+    again with a lock (``SELECT ... FOR UPDATE``) inside a transaction, so its next swap cannot
+    miss: under contention the losers queue on the row lock instead of re-reading and racing
+    again, where every round one writer would win and all the others retry.
+    """
     connection = connections[using]
     done: dict[Target, ModuleRow] = {}
     todo = dict(sorted(changes.items(), key=lambda item: item[0].stored))
@@ -434,6 +443,7 @@ def _merge(
         # Every text of the round is built (and size-checked) before its first statement.
         inserts = {t: dump_state(c.apply({})) for t, c in todo.items() if t not in known}
         swaps = {t: dump_state(c.apply(known[t].state)) for t, c in todo.items() if t in known}
+        stale: list[Target] = []
         if inserts:
             created = _insert(connection, student_id, inserts, now)
             done.update(created)
@@ -443,7 +453,7 @@ def _merge(
                 stats.add("inserts_lost", len(lost))
                 known.update(fetch_modules(using, student_id, lost, lock=_lock_reads(using)))
         if swaps:
-            swapped = _swap(connection, student_id, swaps, known, now)
+            swapped, stale = _swap(connection, student_id, swaps, known, now)
             done.update(swapped)
             if len(swapped) < len(swaps):
                 stats.add("swaps_lost")
@@ -455,10 +465,34 @@ def _merge(
         todo = {t: c for t, c in todo.items() if t not in done}
         if not todo:
             return done
+        if not connection.in_atomic_block:
+            table = StudentModule._meta.db_table
+            with sql.read_then_write(connection, table), transaction.atomic(using, savepoint=False):
+                _lock_rows(connection, stale, known)
+                return done | _merge(using, student_id, todo, known)
+        _lock_rows(connection, stale, known)
     raise DatabaseError(
         f"kvstate gave up writing user state after {MAX_SWAP_ROUNDS} lost compare-and-swap "
         "rounds (extreme write contention on one row)"
     )
+
+
+def _lock_rows(connection: Any, targets: Sequence[Target], known: dict[Target, ModuleRow]) -> None:
+    """Read ``targets``' rows again, locked until the commit, into ``known``."""
+    if not targets:
+        return
+    table = StudentModule._meta.db_table
+    found = sql.lock_module_states(connection, table, [known[t].id for t in targets])  # type: ignore[misc]
+    for target in targets:
+        row = known[target]
+        values = found.get(row.id)  # type: ignore[arg-type]
+        if values is None:
+            del known[target]  # deleted meanwhile: create it again
+            continue
+        text, grade, max_grade = values
+        known[target] = replace(
+            row, state_text=text, grade=grade, max_grade=max_grade, state=parse_state(text)
+        )
 
 
 def _insert(
@@ -505,8 +539,12 @@ def _swap(
     texts: Mapping[Target, str],
     known: dict[Target, ModuleRow],
     now: datetime,
-) -> dict[Target, ModuleRow]:
-    """Compare-and-swap the rows of ``texts``; return those swapped, refresh ``known`` else."""
+) -> tuple[dict[Target, ModuleRow], list[Target]]:
+    """Compare-and-swap the rows of ``texts``; return those swapped and those ``known`` has stale.
+
+    When some but not all rows matched, re-read them all to tell which (ours hold our text and
+    our timestamp) and refresh ``known`` with the others; when none matched, all are stale.
+    """
     table = StudentModule._meta.db_table
     targets = list(texts)
     swaps = [(known[t].id, known[t].state_text, texts[t]) for t in targets]
@@ -514,9 +552,9 @@ def _swap(
     for chunk in chunked(swaps, sql.max_query_params(connection) // sql.SWAP_PARAMS - 1):
         matched += sql.compare_and_swap_states(connection, table, chunk, now)  # type: ignore[arg-type]
     if matched == len(swaps):
-        return {t: known[t].with_state(texts[t], now) for t in targets}
-    # Some rows changed since they were read. Re-read them all: ours now hold our text and
-    # our timestamp; the others are merged again in the next round.
+        return {t: known[t].with_state(texts[t], now) for t in targets}, []
+    if matched == 0:
+        return {}, targets
     swapped = {}
     fresh = fetch_modules(connection.alias, student_id, targets, lock=_lock_reads(connection.alias))
     for target in targets:
@@ -527,7 +565,7 @@ def _swap(
             swapped[target] = row
         else:
             known[target] = row
-    return swapped
+    return swapped, []
 
 
 def _created_by_us(
@@ -550,6 +588,66 @@ def _lock_reads(using: str) -> bool:
     # Inside a transaction a plain re-read may return the same stale snapshot (REPEATABLE READ);
     # a locking read sees the newest committed row and keeps it until we swap.
     return connections[using].in_atomic_block
+
+
+def write_state_and_fields(
+    student_id: int,
+    target: Target,
+    change: StateChange,
+    row: ModuleRow,
+    fields: Sequence[tuple[type[Model], Sequence[Model]]],
+) -> ModuleRow | None:
+    """Apply ``change`` to one existing row and upsert per-field rows in one statement.
+
+    All or nothing, without a transaction (BEGIN and COMMIT would be two of the write's three
+    round trips): the per-field rows (``fields``: each model with its objects) are written only
+    if the swap matches. Returns the row as written, then history and ``state_changed`` follow
+    as in :func:`write_user_states`. Returns ``None``, having written nothing, when the swap
+    lost a race, or where one statement cannot do it (the database, a caller's transaction,
+    other aliases, history in the same transaction, more values than one statement may carry):
+    the caller then writes in a transaction.
+    """
+    using = state_alias()
+    connection = connections[using]
+    recorded = history.records(target.module_type)
+    # The swap's four parameters, and a value per column of each per-field row.
+    values = 4 + sum(len(objs) * len(model._meta.concrete_fields) for model, objs in fields)
+    if (
+        not sql.swaps_with_upserts(connection)
+        or connection.in_atomic_block
+        or (recorded and history.alias() == using)
+        or any(router.db_for_write(model) != using for model, _objs in fields)
+        or values > sql.max_query_params(connection)
+    ):
+        return None
+    target.check()
+    text = dump_state(change.apply(row.state))
+    table = StudentModule._meta.db_table
+    swap = (row.id, row.state_text, text)
+    upserts = [_in_key_order(model, objs) for model, objs in fields]
+
+    def attempt() -> ModuleRow | None:
+        with committing(using, atomic=False):
+            now = timezone.now()
+            if not sql.swap_state_and_upsert(
+                connection,
+                table,
+                swap,  # type: ignore[arg-type]  # rows kvstate read have an id
+                now,
+                upserts,
+                PER_FIELD_UPDATED,
+            ):
+                return None
+        return row.with_state(text, now)
+
+    written = retrying_conflicts(using, attempt)
+    if written is None:
+        stats.add("swaps_lost")
+        return None
+    if recorded:
+        history.record([written], state_using=using)
+    signals.send_state_changed(student_id, [target.usage_key], using)
+    return written
 
 
 # Scores ------------------------------------------------------------------------------------
@@ -611,6 +709,9 @@ def write_score(
 
 # Per-field scopes --------------------------------------------------------------------------
 
+#: What an upsert of a per-field row changes when the row exists.
+PER_FIELD_UPDATED = ("value", "modified")
+
 
 def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None:
     """Insert or update per-field rows in one statement.
@@ -623,11 +724,10 @@ def upsert_fields(using: str, model: type[Model], objs: Sequence[Model]) -> None
     if not objs:
         return
     connection = connections[using]
-    unique = _unique_attnames(model)
-    ordered = sorted(objs, key=lambda obj: tuple(str(getattr(obj, name)) for name in unique))
+    ordered = _in_key_order(model, objs)
 
     def upsert() -> None:
-        sql.insert_rows(connection, ordered, update_on_conflict=["value", "modified"])
+        sql.insert_rows(connection, ordered, update_on_conflict=PER_FIELD_UPDATED)
 
     _retrying_unless_atomic(using, upsert)
 
@@ -643,9 +743,11 @@ def delete_fields(using: str, model: type[Model], condition: Q) -> None:
     _retrying_unless_atomic(using, delete)
 
 
-def _unique_attnames(model: type[Model]) -> list[str]:
+def _in_key_order(model: type[Model], objs: Sequence[Model]) -> list[Model]:
+    # Two writers lock the rows they share in the same order.
     unique = next(c for c in model._meta.constraints if hasattr(c, "fields"))
-    return [model._meta.get_field(name).attname for name in unique.fields]  # type: ignore[union-attr]
+    names = [model._meta.get_field(name).attname for name in unique.fields]  # type: ignore[union-attr]
+    return sorted(objs, key=lambda obj: tuple(str(getattr(obj, name)) for name in names))
 
 
 def _retrying_unless_atomic(using: str, fn: Callable[[], None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,13 @@ from kvstate.conf import settings
 from kvstate.models import StudentModule, StudentModuleQuerySet
 from kvstate.routers import read_alias
 from kvstate.storage import StateChange, Target
-from kvstate.validation import check_field_name, check_usage_key, lacks_run, to_json
+from kvstate.validation import (
+    check_field_name,
+    check_size,
+    check_usage_key,
+    lacks_run,
+    to_json,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -26,6 +33,20 @@ __all__ = ["DjangoXBlockUserStateClient"]
 
 #: An empty state, as ``delete`` leaves it: invisible to reads, distinct from NULL.
 _DELETED = "{}"
+
+
+def _check_values(state: Mapping[str, Any]) -> None:
+    """Refuse values JSON cannot hold, or too big, naming the field: before any SQL.
+
+    One dump for the block's values; only when it fails is each value dumped on its own, to
+    name the culprit.
+    """
+    try:
+        check_size("the state given for the block", json.dumps(state, allow_nan=False))
+    except (TypeError, ValueError):
+        for name, value in state.items():
+            to_json(value, name)
+        raise
 
 
 class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc]  # untyped base
@@ -209,9 +230,9 @@ class DjangoXBlockUserStateClient(XBlockUserStateClient):  # type: ignore[misc] 
             target = Target.of(check_usage_key(block_key)).check()
             if not isinstance(state, Mapping):
                 raise TypeError(f"state for {block_key} is a {type(state).__name__}, not a dict")
-            for name, value in state.items():
+            for name in state:
                 check_field_name(name)
-                to_json(value, name)
+            _check_values(state)
             changes[target] = StateChange(set_fields=dict(state))
         if username == self._anonymous:
             return  # as Open edX: an anonymous learner's state is not persisted

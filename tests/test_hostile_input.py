@@ -227,9 +227,16 @@ class ValueTests(HostileInputTestCase):
                     assert "'a'" in str(error)  # names the field
                     assert not self.kvs.has(k)
             with self.subTest(value=label, path="client"):
-                self.refused(
-                    lambda value=value: client.set(self.user.username, PROBLEM, {"a": value})
+                # The client checks a block's values in one dump; the error still names the
+                # field among good ones.
+                error = self.refused(
+                    lambda value=value: client.set(
+                        self.user.username, PROBLEM, {"ok": 1, "a": value, "z": [2]}
+                    )
                 )
+                expected = ValueError if label in NOT_FINITE else TypeError
+                assert isinstance(error, expected), error
+                assert "'a'" in str(error)
 
     def test_set_many_with_one_bad_value_writes_nothing(self) -> None:
         good = {key(scope, self.user.pk, PROBLEM, "a"): 1 for scope in USER_SCOPES}

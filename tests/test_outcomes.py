@@ -175,25 +175,42 @@ class UnknownOutcomeTests(OutcomeTestCase):
         self.assert_cache_equals_database()
 
     def test_a_commit_that_may_not_have_happened(self) -> None:
-        # Several scopes: one transaction. The session ends after its last statement, so
+        # Two per-field scopes: one transaction. The session ends after its last statement, so
         # COMMIT fails and the server rolls back; kvstate cannot tell, and says so.
         with (
-            connection_lost(
-                starts("INSERT", "xmoduleuserstatesummaryfield"), then_raise=False
-            ) as hit,
+            connection_lost(starts("INSERT", "xmodulestudentinfofield"), then_raise=False) as hit,
             pytest.raises(KeyValueMultiSaveError) as info,
         ):
-            self.kvs.set_many({key(self.block, "answer"): 3, key(self.block, "tally"): 9})
+            self.kvs.set_many({key(self.block, "tally"): 9, key(self.block, "nickname"): "new"})
         assert hit
         assert info.value.saved_field_names == []
         assert isinstance(info.value.__cause__, WriteOutcomeUnknown)
         assert "may or may not have been saved" in str(info.value.__cause__)
         assert "retrying the same write is safe" in str(info.value.__cause__).lower()
         # The truth here is "not saved": the cache, reloaded, shows the old values.
-        assert json.loads(StudentModule.objects.get().state) == {"answer": 1}
-        assert self.view(self.cache)["answer"] == 1
+        assert XModuleStudentInfoField.objects.get().value == '"old"'
         assert self.view(self.cache)["tally"] == 1
+        assert self.view(self.cache)["nickname"] == "old"
         self.assert_cache_equals_database()
+
+    @pytest.mark.skipif(
+        not sql.swaps_with_upserts(connection),
+        reason="one statement writes one block's scopes on PostgreSQL only",
+    )
+    def test_one_statement_over_several_scopes_that_committed(self) -> None:
+        # One block's user_state and summary in one statement, without a transaction: it
+        # committed, then the connection went.
+        with (
+            connection_lost(starts("WITH", "courseware_studentmodule")) as hit,
+            pytest.raises(KeyValueMultiSaveError) as info,
+        ):
+            self.kvs.set_many({key(self.block, "answer"): 3, key(self.block, "tally"): 9})
+        assert hit
+        assert info.value.saved_field_names == []
+        assert isinstance(info.value.__cause__, WriteOutcomeUnknown)
+        assert json.loads(StudentModule.objects.get().state) == {"answer": 3}
+        self.assert_cache_equals_database()
+        assert self.view(self.cache)["tally"] == 9
 
     def test_a_retry_after_an_unknown_outcome_is_safe(self) -> None:
         with (
@@ -209,17 +226,28 @@ class UnknownOutcomeTests(OutcomeTestCase):
     def test_a_connection_lost_before_commit_is_a_plain_failure(self) -> None:
         # Inside kvstate's transaction, before COMMIT: the server rolls it back. That outcome
         # is known (nothing saved), so it is the database's own error, not an unknown one.
+        # Two blocks' user_state and a summary value: one transaction on every backend.
+        other = block(usage("p2"), self.user.pk)
+        cache = FieldDataCache([self.block, other], COURSE_KEY, self.user)
+        kvs = DjangoKeyValueStore(cache)
         with (
             connection_lost(starts("INSERT", "xmoduleuserstatesummaryfield"), execute_first=False),
             pytest.raises(KeyValueMultiSaveError) as info,
         ):
-            self.kvs.set_many({key(self.block, "answer"): 3, key(self.block, "tally"): 9})
+            kvs.set_many(
+                {
+                    key(self.block, "answer"): 3,
+                    key(other, "answer"): 3,
+                    key(self.block, "tally"): 9,
+                }
+            )
         assert isinstance(info.value.__cause__, DatabaseError)
         assert not isinstance(info.value.__cause__, WriteOutcomeUnknown)
         assert json.loads(StudentModule.objects.get().state) == {"answer": 1}
         with self.assertNumQueries(0):  # nothing forgotten: nothing to reload
-            assert self.view(self.cache)["answer"] == 1
-        self.assert_cache_equals_database()
+            assert kvs.get(key(self.block, "answer")) == 1
+            assert not kvs.has(key(other, "answer"))
+        assert self.view(rebuilt(cache, [self.block]))["answer"] == 1
 
     def test_the_client_raises_it(self) -> None:
         client = DjangoXBlockUserStateClient(self.user)

@@ -102,12 +102,28 @@ class Stats:
 stats = Stats()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Target:
-    """The row a user_state change goes to: one learner's state of one block in one context."""
+    """The row a user_state change goes to: one learner's state of one block in one context.
+
+    Targets are equal when they name the same row, and hash as the strings the row is stored
+    under: an opaque key recomputes its hash on every call, and a batch hashes its targets
+    thousands of times.
+    """
 
     usage_key: UsageKey
     course_id: LearningContextKey
+    #: The ``(module_id, course_id)`` strings the row is stored under.
+    stored: tuple[str, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stored", row_key(self.usage_key, self.course_id))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Target) and self.stored == other.stored
+
+    def __hash__(self) -> int:
+        return hash(self.stored)
 
     @classmethod
     def of(cls, usage_key: UsageKey) -> Target:
@@ -117,11 +133,6 @@ class Target:
     @property
     def module_type(self) -> str:
         return str(self.usage_key.block_type)
-
-    @property
-    def stored(self) -> tuple[str, str]:
-        """The ``(module_id, course_id)`` strings the row is stored under."""
-        return row_key(self.usage_key, self.course_id)
 
     def check(self) -> Target:
         """Return this target if its key, context and type fit their columns, else raise."""

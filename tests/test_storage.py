@@ -74,3 +74,15 @@ class TestFetchModules(TransactionTestCase):
         assert len(errors) == 1
         try_to_lock()  # released at the end of the transaction
         assert len(errors) == 1
+
+
+def test_targets_are_equal_when_they_name_the_same_row() -> None:
+    # A branch or version in the key is not stored: both keys name one row, so one target.
+    usage = COURSE.make_usage_key("problem", "p1")
+    on_branch = COURSE.for_branch("draft").make_usage_key("problem", "p1")
+    assert usage != on_branch
+    same, other = storage.Target.of(on_branch), storage.Target.of(usage)
+    assert (same, hash(same), same.stored) == (other, hash(other), other.stored)
+    assert storage.Target.of(COURSE.make_usage_key("problem", "p2")) != same
+    assert storage.Target(usage, OTHER_RUN) != same
+    assert {same: 1}[other] == 1

@@ -376,7 +376,8 @@ class ExplainOnThisDatabaseTests(TransactionTestCase):
         verdict = explain(statement, {}, {})
         # The plan itself is the planner's choice (MariaDB sometimes scans this small table and
         # is flagged for the rows it throws away); what matters here is that it was explained.
-        assert verdict.summary and verdict.raw is not None, verdict
+        assert verdict.summary, verdict
+        assert verdict.raw is not None, verdict
         assert StudentModule.objects.count() == SMALL.rows
 
     def test_statements_are_explained_before_they_run(self) -> None:

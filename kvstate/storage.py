@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import CharField, ExpressionWrapper, F, Model, Q
 from django.utils import timezone
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
@@ -64,6 +65,20 @@ _MODULE_COLUMNS = (
     "max_grade",
     "created",
     "modified",
+)
+
+#: The same columns as a cache build reads them (:func:`module_selects`): text columns first,
+#: then ``modified``, lined up with a per-field scope's (owner, field name, value, modified).
+_BUILD_COLUMNS = (
+    "module_id",
+    "course_id",
+    "state",
+    "modified",
+    "id",
+    "module_type",
+    "grade",
+    "max_grade",
+    "created",
 )
 
 
@@ -301,6 +316,58 @@ def fetch_states(
     return {stored: (parse_state(text), modified) for stored, (text, modified) in found}
 
 
+def module_selects(
+    using: str, student_id: int, keys: Iterable[tuple[str, str]]
+) -> list[sql.Select]:
+    """Return the statements a cache build reads the rows stored under ``keys`` with.
+
+    For ``sql.select_all`` with the per-field scopes' reads; :func:`modules_found` reads their
+    rows.
+    """
+    connection = connections[using]
+    module_ids = sorted({module_id for module_id, _ in keys})
+    return list(_module_selects(connection, student_id, module_ids, _BUILD_COLUMNS))
+
+
+def modules_found(
+    keys: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]]
+) -> dict[tuple[str, str], ModuleRow]:
+    """Return the rows of :func:`module_selects` that are stored under ``keys``."""
+    wanted = set(keys)
+    found = {}
+    for (
+        module_id,
+        course_id,
+        text,
+        modified,
+        row_id,
+        module_type,
+        grade,
+        max_grade,
+        created,
+    ) in rows:
+        # As in _select_stored: the statement does not filter on the course.
+        if (module_id, course_id) in wanted:
+            found[module_id, course_id] = ModuleRow(
+                row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
+            )
+    return found
+
+
+def _module_selects(
+    connection: BaseDatabaseWrapper,
+    student_id: int,
+    module_ids: Sequence[str],
+    columns: Sequence[str],
+    *,
+    lock: bool = False,
+) -> Iterator[sql.Select]:
+    table = StudentModule._meta.db_table
+    # One parameter per block plus the learner's id.
+    for chunk in chunked(module_ids, sql.max_query_params(connection) - 1):
+        yield sql.modules_select(connection, table, student_id, chunk, columns, lock=lock)
+
+
 def _select_stored(
     using: str,
     student_id: int,
@@ -312,14 +379,12 @@ def _select_stored(
     """Yield each row stored under ``keys`` as its key and its ``columns``."""
     wanted = set(keys)
     connection = connections[using]
-    table = StudentModule._meta.db_table
-    # One parameter per block plus the learner's id; sorted, so that lockers lock in one order.
+    # Sorted, so that lockers lock in one order.
     module_ids = sorted({module_id for module_id, _ in wanted})
-    for chunk in chunked(module_ids, sql.max_query_params(connection) - 1):
-        for module_id, course_id, *values in sql.select_modules(
-            connection, table, student_id, chunk, ("module_id", "course_id", *columns), lock=lock
-        ):
-            # The statement does not filter on the course (see sql.select_modules): an old
+    read = ("module_id", "course_id", *columns)
+    for select in _module_selects(connection, student_id, module_ids, read, lock=lock):
+        for module_id, course_id, *values in sql.run_select(connection, select):
+            # The statement does not filter on the course (see sql.modules_select): an old
             # i4x:// key names a block in every run of its course.
             if (module_id, course_id) in wanted:
                 yield (module_id, course_id), values

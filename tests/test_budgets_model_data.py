@@ -14,12 +14,14 @@ import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
+from django.conf import settings
 from django.test import TestCase, override_settings
 from xblock.fields import Scope
 
 from kvstate.model_data import DjangoKeyValueStore, FieldDataCache
-from kvstate.models import StudentModule, StudentModuleHistory
+from kvstate.models import StudentModule, StudentModuleHistory, XModuleStudentInfoField
 from kvstate.testing.factories import (
     StudentInfoFactory,
     StudentModuleFactory,
@@ -73,16 +75,35 @@ class BudgetTestCase(TestCase):
             yield
 
 
+class _InfoOnHistory:
+    """A router that writes user_info rows to the history alias."""
+
+    def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
+        return HISTORY if model is XModuleStudentInfoField else None
+
+
 class TestBuildBudgets(BudgetTestCase):
-    def test_one_statement_per_scope_with_fields(self) -> None:
-        # StateBlock has fields in all four scopes: 4, whatever the number of blocks.
+    def test_one_statement_for_every_scope_with_fields(self) -> None:
+        # StateBlock has fields in all four scopes, whose tables share the state alias: 1
+        # (a UNION ALL of the four scopes' SELECTs), whatever the number of blocks.
         blocks = [block(usage(f"b{n}"), self.user.pk) for n in range(50)]
-        with self.assertNumQueries(0, using=HISTORY), self.assertNumQueries(4) as ctx:
+        with self.assertNumQueries(0, using=HISTORY), self.assertNumQueries(1) as ctx:
             cache = FieldDataCache(blocks, COURSE_KEY, self.user)
         # None of these blocks has rows; the learner's "problem" preference and info row match.
         assert len(cache) == 2
         # No join to the user table: the learner's id is in hand.
         assert not any("auth_user" in q["sql"] for q in ctx.captured_queries)
+
+    def test_scopes_on_another_alias_are_read_there(self) -> None:
+        # The union joins only the tables of one database: a scope whose model a router writes
+        # elsewhere is read there, in a statement of its own.
+        with (
+            override_settings(DATABASE_ROUTERS=[_InfoOnHistory(), *settings.DATABASE_ROUTERS]),
+            mock.patch("kvstate.model_data._read") as read,
+        ):
+            FieldDataCache([block(usage(), self.user.pk)], COURSE_KEY, self.user)
+        reads = [(call.args[0], len(call.args[1])) for call in read.call_args_list]
+        assert reads == [("default", 3), (HISTORY, 1)]
 
     def test_scopes_without_fields_cost_nothing(self) -> None:
         for scope_name, expected in [
@@ -99,8 +120,8 @@ class TestBuildBudgets(BudgetTestCase):
             FieldDataCache([block(usage(), self.user.pk, AuthoredBlock)], COURSE_KEY, self.user)
 
     def test_extending_a_cache(self) -> None:
-        # add_blocks_to_cache costs what building over the new blocks would.
-        with self.assertNumQueries(4), self.assertNumQueries(0, using=HISTORY):
+        # add_blocks_to_cache costs what building over the new blocks would: 1, the union.
+        with self.assertNumQueries(1), self.assertNumQueries(0, using=HISTORY):
             self.cache.add_blocks_to_cache([block(usage("p2"), self.user.pk)])
 
     def test_reads_of_cached_keys(self) -> None:

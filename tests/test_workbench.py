@@ -92,11 +92,11 @@ class WorkbenchPageTests(TestCase):
         with self.captureOnCommitCallbacks(using="default", execute=True):
             # The survey block saves a "choices": null state the first time it is shown.
             self.client.get("/")
-        # default: the session and the user (auth middleware), then one prefetch per scope
-        # the five blocks have fields in (user_state, user_state_summary); the history alias
-        # is not read to show a page.
+        # default: the session and the user (auth middleware), then one prefetch for the
+        # scopes the five blocks have fields in (user_state, user_state_summary: one UNION ALL);
+        # the history alias is not read to show a page.
         with (
-            self.assertNumQueries(4, using="default"),
+            self.assertNumQueries(3, using="default"),
             self.assertNumQueries(0, using="student_module_history"),
         ):
             html = self.client.get("/").content.decode()

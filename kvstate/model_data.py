@@ -1,7 +1,7 @@
 """``FieldDataCache`` and ``DjangoKeyValueStore``: XBlock user-scope fields over kvstate's tables.
 
-A ``FieldDataCache`` prefetches one learner's state for a set of blocks (one query per scope
-that has fields, no join) and then answers ``get``/``has`` from memory. Writes go straight to
+A ``FieldDataCache`` prefetches one learner's state for a set of blocks (one query for every
+scope that has fields, no join) and then answers ``get``/``has`` from memory. Writes go straight to
 the database through :mod:`kvstate.storage` and update the cache only once they have landed, so
 the cache always equals what the database holds for this learner.
 """
@@ -561,8 +561,8 @@ _SCOPE_CACHES: tuple[type[_ScopeCache], ...] = (
 class FieldDataCache:
     """One learner's user-scope state for a set of blocks in one learning context.
 
-    Build it over the blocks a request will touch (one query per scope those blocks have fields
-    in), extend it with :meth:`add_blocks_to_cache`, and wrap it in a
+    Build it over the blocks a request will touch (one query for all the scopes those blocks
+    have fields in), extend it with :meth:`add_blocks_to_cache`, and wrap it in a
     :class:`DjangoKeyValueStore`. Anonymous users get a cache that never touches the database;
     ``read_only=True`` turns writes into silent no-ops.
     """

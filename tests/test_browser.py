@@ -18,7 +18,11 @@ from django.core.cache import caches
 from django.test import override_settings
 from django.urls import reverse
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.expected_conditions import staleness_of
@@ -90,7 +94,14 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
         button.click()
         # The picker posts and redirects: wait for the new page, whoever the old one showed.
         self.wait.until(staleness_of(button))
-        self.wait.until(lambda driver: self.current_learner() == learner)
+        try:
+            self.wait.until(lambda driver: self.current_learner() == learner)
+        except TimeoutException:
+            # Say what the browser shows instead (an error page, another learner's unit).
+            page = self.driver.find_element(By.TAG_NAME, "body").text[:500]
+            raise AssertionError(
+                f"picked {learner!r}, the page at {self.driver.current_url} shows: {page!r}"
+            ) from None
         self.wait_for_blocks()
 
     def current_learner(self) -> str:

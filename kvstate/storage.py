@@ -56,22 +56,10 @@ MAX_SWAP_ROUNDS = 50
 CONFLICT_PAUSE_BASE = 0.005
 CONFLICT_PAUSE_CAP = 0.25
 
-#: What kvstate reads of a ``StudentModule`` row (:meth:`ModuleRow.from_values`).
+#: What kvstate reads of a ``StudentModule`` row (:meth:`ModuleRow.from_values`), behind its
+#: two key columns. Text and datetime first: a cache build's union lines them up with a
+#: per-field scope's (owner, field name, value, modified) (see :func:`module_selects`).
 _MODULE_COLUMNS = (
-    "id",
-    "module_type",
-    "state",
-    "grade",
-    "max_grade",
-    "created",
-    "modified",
-)
-
-#: The same columns as a cache build reads them (:func:`module_selects`): text columns first,
-#: then ``modified``, lined up with a per-field scope's (owner, field name, value, modified).
-_BUILD_COLUMNS = (
-    "module_id",
-    "course_id",
     "state",
     "modified",
     "id",
@@ -80,6 +68,7 @@ _BUILD_COLUMNS = (
     "max_grade",
     "created",
 )
+_KEY_COLUMNS = ("module_id", "course_id")
 
 
 @dataclass
@@ -174,7 +163,7 @@ class ModuleRow:
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
         """Build from the values of ``_MODULE_COLUMNS``, in that order."""
-        row_id, module_type, text, grade, max_grade, created, modified = values[:7]
+        text, modified, row_id, module_type, grade, max_grade, created = values[:7]
         return cls(
             row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
         )
@@ -326,32 +315,17 @@ def module_selects(
     """
     connection = connections[using]
     module_ids = sorted({module_id for module_id, _ in keys})
-    return list(_module_selects(connection, student_id, module_ids, _BUILD_COLUMNS))
+    read = (*_KEY_COLUMNS, *_MODULE_COLUMNS)
+    return list(_module_selects(connection, student_id, module_ids, read))
 
 
 def modules_found(
     keys: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]]
 ) -> dict[tuple[str, str], ModuleRow]:
     """Return the rows of :func:`module_selects` that are stored under ``keys``."""
-    wanted = set(keys)
-    found = {}
-    for (
-        module_id,
-        course_id,
-        text,
-        modified,
-        row_id,
-        module_type,
-        grade,
-        max_grade,
-        created,
-    ) in rows:
-        # As in _select_stored: the statement does not filter on the course.
-        if (module_id, course_id) in wanted:
-            found[module_id, course_id] = ModuleRow(
-                row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
-            )
-    return found
+    return {
+        stored: ModuleRow.from_values(values) for stored, values in _stored_rows(set(keys), rows)
+    }
 
 
 def _module_selects(
@@ -381,13 +355,20 @@ def _select_stored(
     connection = connections[using]
     # Sorted, so that lockers lock in one order.
     module_ids = sorted({module_id for module_id, _ in wanted})
-    read = ("module_id", "course_id", *columns)
+    read = (*_KEY_COLUMNS, *columns)
     for select in _module_selects(connection, student_id, module_ids, read, lock=lock):
-        for module_id, course_id, *values in sql.run_select(connection, select):
-            # The statement does not filter on the course (see sql.modules_select): an old
-            # i4x:// key names a block in every run of its course.
-            if (module_id, course_id) in wanted:
-                yield (module_id, course_id), values
+        yield from _stored_rows(wanted, sql.run_select(connection, select))
+
+
+def _stored_rows(
+    wanted: set[tuple[str, str]], rows: Iterable[Sequence[Any]]
+) -> Iterator[tuple[tuple[str, str], list[Any]]]:
+    """Yield the rows (key columns first) stored under a key of ``wanted``, as key and values."""
+    for module_id, course_id, *values in rows:
+        # The statements do not filter on the course (see sql.modules_select): an old i4x://
+        # key names a block in every run of its course.
+        if (module_id, course_id) in wanted:
+            yield (module_id, course_id), values
 
 
 # Writing user_state ------------------------------------------------------------------------

@@ -11,11 +11,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import ClassVar, NamedTuple
 
-from django.db import connections
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
-from kvstate import sql, storage
-from kvstate.models import StudentModule
+from kvstate import storage
 from kvstate.validation import check_usage_key
 
 __all__ = ["Score", "ScoresClient"]
@@ -59,17 +57,11 @@ class ScoresClient:
         these, so a lagging replica must not answer.
         """
         wanted = {self._row_key(location) for location in locations}
-        connection = connections[storage.state_alias()]
-        table = StudentModule._meta.db_table
-        columns = ("module_id", "course_id", "grade", "max_grade", "created")
-        # The course is matched here (see sql.select_modules). The learner takes one parameter.
-        module_ids = sorted({module_id for module_id, _ in wanted})
-        for chunk in storage.chunked(module_ids, sql.max_query_params(connection) - 1):
-            for module_id, course_id, grade, max_grade, created in sql.select_modules(
-                connection, table, self.user_id, chunk, columns
-            ):
-                if (module_id, course_id) in wanted:
-                    self._scores[module_id] = _Score(grade, max_grade, created)
+        columns = ("grade", "max_grade", "created")
+        for (module_id, _course_id), values in storage.select_stored(
+            storage.state_alias(), self.user_id, wanted, columns
+        ):
+            self._scores[module_id] = _Score(*values)
         self._has_fetched = True
 
     def get(self, location: UsageKey) -> _Score | None:

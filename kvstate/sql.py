@@ -173,18 +173,6 @@ def fields_select(
     return Select(statement, params, tuple(columns))
 
 
-def select_modules(
-    connection: BaseDatabaseWrapper,
-    table: str,
-    student_id: int,
-    module_ids: Sequence[str],
-    columns: Sequence[str],
-) -> list[tuple[Any, ...]]:
-    """Return ``columns`` of one learner's rows for ``module_ids`` (see :func:`modules_select`)."""
-    select = modules_select(connection, table, student_id, module_ids, columns)
-    return run_select(connection, select)
-
-
 def run_select(connection: BaseDatabaseWrapper, select: Select) -> list[tuple[Any, ...]]:
     """Return the rows of ``select``, datetimes as Django reads them."""
     with connection.cursor() as cursor:

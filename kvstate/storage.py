@@ -293,7 +293,7 @@ def fetch_stored_modules(
 
     What :func:`fetch_modules` does for callers that already hold the stored strings.
     """
-    found = _select_stored(using, student_id, keys, _MODULE_COLUMNS, lock=lock)
+    found = select_stored(using, student_id, keys, _MODULE_COLUMNS, lock=lock)
     return {stored: ModuleRow.from_values(values) for stored, values in found}
 
 
@@ -301,7 +301,7 @@ def fetch_states(
     using: str, student_id: int, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[dict[str, Any], datetime]]:
     """Read the states stored under ``keys``, and when each was written (no other column)."""
-    found = _select_stored(using, student_id, keys, ("state", "modified"))
+    found = select_stored(using, student_id, keys, ("state", "modified"))
     return {stored: (parse_state(text), modified) for stored, (text, modified) in found}
 
 
@@ -342,7 +342,7 @@ def _module_selects(
         yield sql.modules_select(connection, table, student_id, chunk, columns, lock=lock)
 
 
-def _select_stored(
+def select_stored(
     using: str,
     student_id: int,
     keys: Iterable[tuple[str, str]],
@@ -350,7 +350,10 @@ def _select_stored(
     *,
     lock: bool = False,
 ) -> Iterator[tuple[tuple[str, str], list[Any]]]:
-    """Yield each row stored under ``keys`` as its key and its ``columns``."""
+    """Yield each row stored under ``keys`` as its key and its ``columns``.
+
+    One statement per parameter-limit chunk, by learner and block (see ``sql.modules_select``).
+    """
     wanted = set(keys)
     connection = connections[using]
     # Sorted, so that lockers lock in one order.

@@ -22,10 +22,10 @@ from selenium.common.exceptions import (
     NoSuchElementException,
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from demo_site import browser
@@ -90,10 +90,15 @@ class WorkbenchBrowserTests(StaticLiveServerTestCase):
     def open_unit(self, learner: str) -> None:
         """Open the unit as ``learner`` (picked in the learner picker) or ``anonymous``."""
         self.driver.get(self.live_server_url + "/")
-        button = self.driver.find_element(By.ID, f"as-{learner}")
-        button.click()
-        # The picker posts and redirects: wait for the new page, whoever the old one showed.
-        self.wait.until(staleness_of(button))
+        # The picker posts and redirects: wait for a new document, whoever the old one showed.
+        # The old one is marked; mid-navigation the driver may fail to reach either document
+        # (an element's staleness check then errors instead of answering), so retry until the
+        # page without the mark answers.
+        self.driver.execute_script("window.kvstateLeaving = true")
+        self.driver.find_element(By.ID, f"as-{learner}").click()
+        WebDriverWait(self.driver, 15, ignored_exceptions=(WebDriverException,)).until(
+            lambda driver: driver.execute_script("return window.kvstateLeaving === undefined")
+        )
         try:
             self.wait.until(lambda driver: self.current_learner() == learner)
         except TimeoutException:

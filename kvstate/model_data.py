@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from django.db import DatabaseError, connections, router
 from django.db.models import Model, Q
@@ -56,7 +56,6 @@ from kvstate.validation import (
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
-    from django.db.models import Field as DjangoField
 
 __all__ = [
     "DjangoKeyValueStore",
@@ -82,13 +81,6 @@ class InvalidWriteError(Exception):
 def _fresh(value: Any) -> Any:
     """Return a copy a caller may mutate without changing the cache."""
     return copy.deepcopy(value) if isinstance(value, dict | list) else value
-
-
-@functools.lru_cache(maxsize=4096)
-def _stored(model: type[Model], field_name: str, value: object) -> str:
-    """Return ``value`` as the column ``field_name`` of ``model`` stores it (keys are costly)."""
-    field = cast("DjangoField[Any, Any]", model._meta.get_field(field_name))
-    return str(field.get_prep_value(value))
 
 
 def _block_type_key(family: str, block_type: str) -> BlockTypeKeyV1:
@@ -302,9 +294,7 @@ class UserStateCache(_ScopeCache):
 
             def run() -> dict[Target, ModuleRow]:
                 return {
-                    t: ModuleRow(
-                        None, text, None, None, now, now, t.module_type, storage.parse_state(text)
-                    )
+                    t: ModuleRow(None, text, None, None, now, now, t.module_type)
                     for t, text in texts.items()
                 }
 
@@ -359,7 +349,7 @@ class _FieldCache(_ScopeCache):
     def _stored_owner(self, owner: Any) -> str:
         if self.owner_field is None:
             return ""
-        return _stored(self.model, self.owner_field, owner)
+        return storage.stored_key(owner)
 
     def _cache_key(self, key: KvsKey) -> tuple[str, str]:
         return self._stored_owner(self.owner_of(key)), key.field_name
@@ -824,7 +814,7 @@ def _owner(scope: ScopeBase, usage_id: UsageKey, family: str, block_type: str) -
     if scope is USER_STATE:
         return Target.of(usage_id).stored  # refuses a key that does not name its run
     if scope is USER_STATE_SUMMARY:
-        return _stored(XModuleUserStateSummaryField, "usage_id", usage_id)
+        return storage.stored_key(usage_id)
     if scope is PREFERENCES:
         return _stored_block_type(family, block_type)
     return ""
@@ -833,7 +823,7 @@ def _owner(scope: ScopeBase, usage_id: UsageKey, family: str, block_type: str) -
 @functools.lru_cache(maxsize=1024)
 def _stored_block_type(family: str, block_type: str) -> str:
     """Return the preferences owner of ``block_type`` in ``family`` as its column holds it."""
-    return _stored(XModuleStudentPrefsField, "module_type", _block_type_key(family, block_type))
+    return storage.stored_key(_block_type_key(family, block_type))
 
 
 def _add_fields(

@@ -94,8 +94,7 @@ def _check_course_key(course_key: object) -> LearningContextKey:
             f"expected a course key (a LearningContextKey, e.g. CourseKey.from_string(...)), "
             f"got {type(course_key).__name__} {course_key!r}"
         )
-    field: Any = StudentModule._meta.get_field("course_id")  # opaque-keys' fields are untyped
-    stored = str(field.get_prep_value(course_key))  # as the column holds it: branch stripped
+    stored = storage.stored_key(course_key)  # as the column holds it: branch stripped
     check_length("learning context key", stored, StudentModule.KEY_MAX_LENGTH)
     return course_key
 

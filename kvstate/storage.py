@@ -16,7 +16,6 @@ on PostgreSQL one statement also writes one block's user_state with them.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -32,6 +31,7 @@ from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import CharField, ExpressionWrapper, F, Model, Q
 from django.utils import timezone
+from opaque_keys import OpaqueKey
 from opaque_keys.edx.keys import LearningContextKey, UsageKey
 
 from kvstate import history, signals, sql
@@ -149,7 +149,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class ModuleRow:
-    """What kvstate knows of one ``StudentModule`` row."""
+    """What kvstate knows of one ``StudentModule`` row.
+
+    ``state`` is parsed from ``state_text`` when first asked for: a batch write reads back the
+    text it wrote, and parsing it again (a problem's state runs to a kilobyte) would cost more
+    than the statement that stored it. Parsed from the text, it shares nothing with the values
+    a caller passed in, which the caller may go on changing.
+    """
 
     id: int | None  # None only for rows kept in memory (anonymous users)
     state_text: str | None
@@ -158,15 +164,20 @@ class ModuleRow:
     created: datetime
     modified: datetime
     module_type: str
-    state: dict[str, Any] = field(compare=False)
+    _state: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
         """Build from the values of ``_MODULE_COLUMNS``, in that order."""
         text, modified, row_id, module_type, grade, max_grade, created = values[:7]
-        return cls(
-            row_id, text, grade, max_grade, created, modified, module_type, parse_state(text)
-        )
+        return cls(row_id, text, grade, max_grade, created, modified, module_type)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The fields ``state_text`` holds (``{}`` for NULL)."""
+        if self._state is None:
+            object.__setattr__(self, "_state", parse_state(self.state_text))
+        return self._state  # type: ignore[return-value]
 
     @property
     def visible(self) -> bool:
@@ -175,7 +186,10 @@ class ModuleRow:
 
     def with_state(self, text: str, modified: datetime) -> ModuleRow:
         """Return this row after its state became ``text`` at ``modified``."""
-        return replace(self, state_text=text, modified=modified, state=parse_state(text))
+        # Not dataclasses.replace, which costs as much as the rest of a batch's bookkeeping.
+        return ModuleRow(
+            self.id, text, self.grade, self.max_grade, self.created, modified, self.module_type
+        )
 
 
 def parse_state(text: str | None) -> dict[str, Any]:
@@ -235,13 +249,22 @@ class StateChange:
         )
 
 
-@functools.lru_cache(maxsize=4096)
-def row_key(usage_key: object, course_id: object) -> tuple[str, str]:
+def row_key(usage_key: UsageKey, course_id: LearningContextKey) -> tuple[str, str]:
     """Return the stored strings that identify a row (branch and version stripped)."""
-    # opaque-keys' fields are untyped.
-    usage_field: Any = StudentModule._meta.get_field("module_state_key")
-    course_field: Any = StudentModule._meta.get_field("course_id")
-    return str(usage_field.get_prep_value(usage_key)), str(course_field.get_prep_value(course_id))
+    return stored_key(usage_key), stored_key(course_id)
+
+
+def stored_key(key: OpaqueKey) -> str:
+    """Return ``key`` as opaque-keys' model fields store it: branch and version stripped.
+
+    The fields' ``get_prep_value`` builds a stripped copy of every key; nearly every key has
+    neither, and its string costs a tenth of the copy (a cache by key would cost more than the
+    string: an opaque key recomputes its hash on every call).
+    """
+    context = key.context_key if isinstance(key, UsageKey) else key
+    if getattr(context, "branch", None) is None and getattr(context, "version_guid", None) is None:
+        return str(key)
+    return str(key.for_branch(None).version_agnostic())  # type: ignore[attr-defined]
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -550,9 +573,7 @@ def _lock_rows(connection: Any, targets: Sequence[Target], known: dict[Target, M
             del known[target]  # deleted meanwhile: create it again
             continue
         text, grade, max_grade = values
-        known[target] = replace(
-            row, state_text=text, grade=grade, max_grade=max_grade, state=parse_state(text)
-        )
+        known[target] = replace(row, state_text=text, grade=grade, max_grade=max_grade, _state=None)
 
 
 def _insert(
@@ -585,9 +606,7 @@ def _insert(
             ids = _created_by_us(connection.alias, student_id, chunk, texts, now)
         inserted.update(ids)
     return {
-        t: ModuleRow(
-            inserted[t.stored], texts[t], None, None, now, now, t.module_type, parse_state(texts[t])
-        )
+        t: ModuleRow(inserted[t.stored], texts[t], None, None, now, now, t.module_type)
         for t in targets
         if t.stored in inserted
     }
@@ -756,7 +775,6 @@ def write_score(
                     module.created,
                     module.modified,
                     target.module_type,
-                    {},
                 )
             row = fetch_modules(using, student_id, [target])[target]
             history.record([row], state_using=using)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connections, transaction
 from django.test import TransactionTestCase
-from opaque_keys.edx.keys import CourseKey
+from opaque_keys.edx.block_types import BlockTypeKeyV1
+from opaque_keys.edx.keys import CourseKey, UsageKey
 
 from kvstate import storage
-from kvstate.models import StudentModule
+from kvstate.models import StudentModule, XModuleStudentPrefsField
 
 COURSE = CourseKey.from_string("course-v1:kvstate+Storage+run")
 OTHER_RUN = CourseKey.from_string("course-v1:kvstate+Storage+other")
@@ -86,3 +88,36 @@ def test_targets_are_equal_when_they_name_the_same_row() -> None:
     assert storage.Target.of(COURSE.make_usage_key("problem", "p2")) != same
     assert storage.Target(usage, OTHER_RUN) != same
     assert {same: 1}[other] == 1
+
+
+KEYS_AS_STORED = [
+    COURSE,
+    COURSE.make_usage_key("problem", "p1"),
+    COURSE.for_branch("draft"),
+    COURSE.for_branch("draft").make_usage_key("problem", "p1"),
+    CourseKey.from_string("course-v1:Org+Course+Run+version@519665f6223ebd6980884f2b"),
+    CourseKey.from_string(
+        "course-v1:Org+Course+Run+branch@published+version@519665f6223ebd6980884f2b"
+    ).make_usage_key("html", "h1"),
+    CourseKey.from_string("Org/Old/Run"),
+    CourseKey.from_string("Org/Old/Run").make_usage_key("video", "v1"),
+    UsageKey.from_string("i4x://Org/Old/problem/p1"),
+    CourseKey.from_string("library-v1:Org+Lib"),
+    CourseKey.from_string("library-v1:Org+Lib+branch@library").make_usage_key("problem", "p1"),
+    UsageKey.from_string("lb:Org:lib2:problem:p1"),
+    BlockTypeKeyV1("xblock.v1", "problem"),
+]
+
+
+@pytest.mark.parametrize("key", KEYS_AS_STORED, ids=str)
+def test_a_key_is_stored_as_opaque_keys_field_stores_it(key: Any) -> None:
+    # The model fields' own conversion strips branch and version by building a copy of the
+    # key; stored_key must give the same text, keys without either included.
+    field: Any = (
+        StudentModule._meta.get_field("module_state_key")
+        if isinstance(key, UsageKey)
+        else XModuleStudentPrefsField._meta.get_field("module_type")
+        if isinstance(key, BlockTypeKeyV1)
+        else StudentModule._meta.get_field("course_id")
+    )
+    assert storage.stored_key(key) == str(field.get_prep_value(key))

@@ -294,7 +294,7 @@ class UserStateCache(_ScopeCache):
 
             def run() -> dict[Target, ModuleRow]:
                 return {
-                    t: ModuleRow(None, text, None, None, now, now, t.module_type)
+                    t: ModuleRow(None, text, None, None, now, t.module_type)
                     for t, text in texts.items()
                 }
 

@@ -66,7 +66,6 @@ _MODULE_COLUMNS = (
     "module_type",
     "grade",
     "max_grade",
-    "created",
 )
 _KEY_COLUMNS = ("module_id", "course_id")
 
@@ -161,7 +160,6 @@ class ModuleRow:
     state_text: str | None
     grade: float | None
     max_grade: float | None
-    created: datetime
     modified: datetime
     module_type: str
     _state: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -169,8 +167,8 @@ class ModuleRow:
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ModuleRow:
         """Build from the values of ``_MODULE_COLUMNS``, in that order."""
-        text, modified, row_id, module_type, grade, max_grade, created = values[:7]
-        return cls(row_id, text, grade, max_grade, created, modified, module_type)
+        text, modified, row_id, module_type, grade, max_grade = values[:6]
+        return cls(row_id, text, grade, max_grade, modified, module_type)
 
     @property
     def state(self) -> dict[str, Any]:
@@ -187,9 +185,7 @@ class ModuleRow:
     def with_state(self, text: str, modified: datetime) -> ModuleRow:
         """Return this row after its state became ``text`` at ``modified``."""
         # Not dataclasses.replace, which costs as much as the rest of a batch's bookkeeping.
-        return ModuleRow(
-            self.id, text, self.grade, self.max_grade, self.created, modified, self.module_type
-        )
+        return ModuleRow(self.id, text, self.grade, self.max_grade, modified, self.module_type)
 
 
 def parse_state(text: str | None) -> dict[str, Any]:
@@ -606,7 +602,7 @@ def _insert(
             ids = _created_by_us(connection.alias, student_id, chunk, texts, now)
         inserted.update(ids)
     return {
-        t: ModuleRow(inserted[t.stored], texts[t], None, None, now, now, t.module_type)
+        t: ModuleRow(inserted[t.stored], texts[t], None, None, now, t.module_type)
         for t in targets
         if t.stored in inserted
     }
@@ -654,12 +650,13 @@ def _created_by_us(
     texts: Mapping[Target, str],
     now: datetime,
 ) -> dict[tuple[Any, ...], int]:
-    # Without RETURNING (MySQL 8) read the rows back: ours carry our text and our timestamp.
+    # Without RETURNING (MySQL 8) read the rows back: ours carry our text and our timestamp
+    # (a row another writer swapped since is taken for theirs: merged again, nothing lost).
     rows = fetch_modules(using, student_id, targets, lock=_lock_reads(using))
     return {
         t.stored: row.id
         for t, row in rows.items()
-        if row.id is not None and row.state_text == texts[t] and row.created == now
+        if row.id is not None and row.state_text == texts[t] and row.modified == now
     }
 
 
@@ -767,15 +764,7 @@ def write_score(
                 connection, [module], update_on_conflict=["grade", "max_grade", "modified"]
             )
             if not recorded:
-                return ModuleRow(
-                    None,
-                    None,
-                    grade,
-                    max_grade,
-                    module.created,
-                    module.modified,
-                    target.module_type,
-                )
+                return ModuleRow(None, None, grade, max_grade, module.modified, target.module_type)
             row = fetch_modules(using, student_id, [target])[target]
             history.record([row], state_using=using)
         return row

@@ -150,10 +150,10 @@ class Target:
 class ModuleRow:
     """What kvstate knows of one ``StudentModule`` row.
 
-    ``state`` is parsed from ``state_text`` when first asked for: a batch write reads back the
-    text it wrote, and parsing it again (a problem's state runs to a kilobyte) would cost more
-    than the statement that stored it. Parsed from the text, it shares nothing with the values
-    a caller passed in, which the caller may go on changing.
+    ``state`` is parsed from ``state_text`` when first asked for: a write returns a row for each
+    text it stored, mostly never read again, and parsing them all (a problem's state runs to a
+    kilobyte) took a quarter of a 50-block batch's Python. Parsed from the text, it shares
+    nothing with the values a caller passed in, which the caller may go on changing.
     """
 
     id: int | None  # None only for rows kept in memory (anonymous users)
